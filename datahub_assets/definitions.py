@@ -1,0 +1,55 @@
+"""The whole platform on one screen: per contract, extract -> snapshot -> uploaded;
+the resources they share; schedules and sensors.
+
+Nothing here reads the environment, opens a connection or starts a JVM: resources
+take their settings through EnvVar, resolved only when a run (or sensor) uses them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contracts
+from datahub_assets.extract.assets import build_extract_asset
+from datahub_assets.extract.sources import LandingFiles, SourceDatabase
+from datahub_assets.lake import DataLake
+from datahub_assets.snapshot.assets import build_snapshot_asset
+from datahub_assets.upload.assets import build_uploaded_asset
+from datahub_assets.upload.delivery_db import DeliveryDatabase
+from datahub_assets.upload.sdk import DataHubSdkResource
+
+
+def build_dataset_assets(contracts_dir: Path) -> list[dg.AssetsDefinition]:
+    assets = []
+    for contract in load_contracts(contracts_dir):
+        extract = build_extract_asset(contract)
+        snapshot = build_snapshot_asset(contract, extract)
+        assets += [extract, snapshot, build_uploaded_asset(contract, snapshot)]
+    return assets
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "lake": DataLake(root=dg.EnvVar("DATAHUB_DATA_DIR")),
+        "source_db": SourceDatabase(url=dg.EnvVar("DATAHUB_SOURCE_DB_URL")),
+        "landing": LandingFiles(
+            root=dg.EnvVar("DATAHUB_LANDING_ROOT"),
+            sftp_host=dg.EnvVar("DATAHUB_SFTP_HOST"),
+            sftp_port=dg.EnvVar.int("DATAHUB_SFTP_PORT"),
+            sftp_username=dg.EnvVar("DATAHUB_SFTP_USERNAME"),
+            sftp_password=dg.EnvVar("DATAHUB_SFTP_PASSWORD"),
+        ),
+        "sdk": DataHubSdkResource(
+            classpath=dg.EnvVar("DATAHUB_SDK_CLASSPATH"), keys_path=dg.EnvVar("DATAHUB_KEYS_PATH")
+        ),
+        "delivery_db": DeliveryDatabase(url=dg.EnvVar("DATAHUB_DELIVERY_DB_URL")),
+    }
+
+
+def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR) -> dg.Definitions:
+    return dg.Definitions(assets=build_dataset_assets(contracts_dir), resources=build_resources())
+
+
+defs = build_definitions()

@@ -1,0 +1,133 @@
+"""Realistic synthetic source data for the demo, the tests and the benchmarks.
+
+Deterministic for a (seed, date): the same call writes the same rows. A controllable
+share of rows is broken in the ways real sources break (a missing id, an age with
+decimals or beyond 64 bits, a width that is NaN, infinite or not a number, a
+control character in a name); `bad_row_kinds` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import polars as pl
+import sqlalchemy as sa
+
+BAD_ROW_KINDS = (
+    ("user_id", None),
+    ("age", "24.5"),
+    ("age", "99999999999999999999"),
+    ("screen_width", "NaN"),
+    ("screen_width", "1e400"),
+    ("screen_width", "wide"),
+    ("user_name", "bad\x07name"),
+)
+_FIRST = ["alice", "bob", "chen", "dewi", "emre", "farah", "gita", "hiro", "ines", "juan", "kofi", "lina"]
+_LAST = ["tan", "lim", "wong", "ng", "santos", "reyes", "kim", "park", "sato", "ali", "khan", "lee"]
+_WIDTHS = [5.4, 5.8, 6.1, 6.1, 6.4, 6.5, 6.7, 6.9, 10.2, 12.9]
+
+SOURCE_SCHEMA = {
+    "user_id": pl.String,
+    "user_name": pl.String,
+    "age": pl.String,
+    "screen_width": pl.String,
+    "snapshot_date": pl.String,
+    "updated_at": pl.String,
+}
+
+
+def generate(rows: int, day: str, bad_share: float = 0.0, seed: int = 7, version: int = 0) -> pl.DataFrame:
+    """`rows` source rows for `day`; `bad_share` of them break the contract.
+
+    `version` changes every row's updated_at (and a few ages), like a later day's
+    source would; the ids stay the same.
+    """
+    def rnd(salt: int) -> pl.Expr:
+        return pl.int_range(rows, dtype=pl.UInt64).hash(seed * 1_000_003 + salt)
+
+    frame = pl.select(
+        user_id=pl.format("2188{}", pl.int_range(rows).cast(pl.String).str.zfill(9)),
+        user_name=pl.format(
+            "{} {}",
+            pl.lit(pl.Series(_FIRST)).gather(rnd(1) % len(_FIRST)),
+            pl.lit(pl.Series(_LAST)).gather(rnd(2) % len(_LAST)),
+        ),
+        age=((rnd(3) % 62) + 16 + pl.when(rnd(9) % 50 == 0).then(version).otherwise(0)).cast(pl.String),
+        screen_width=pl.lit(pl.Series(_WIDTHS)).gather(rnd(4) % len(_WIDTHS)).cast(pl.String),
+        snapshot_date=pl.lit(day),
+        updated_at=pl.format("{}T0{}:00:00", pl.lit(day), pl.lit(version % 10)),
+    )
+    if bad_share > 0:
+        is_bad = (rnd(5) % 1_000_000) < int(bad_share * 1_000_000)
+        kind = rnd(6) % len(BAD_ROW_KINDS)
+        for i, (col, value) in enumerate(BAD_ROW_KINDS):
+            frame = frame.with_columns(
+                pl.when(is_bad & (kind == i)).then(pl.lit(value, pl.String)).otherwise(pl.col(col)).alias(col)
+            )
+    return frame.sample(fraction=1.0, shuffle=True, seed=seed)  # sources are not sorted by id
+
+
+def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> None:
+    """Append to a source table, creating it if needed (every column TEXT, like a legacy source)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    engine = sa.create_engine(url)
+    cols = ", ".join(f'"{c}" TEXT' for c in frame.columns)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE TABLE IF NOT EXISTS "{table}" ({cols})'))
+            day = frame["snapshot_date"].first() if frame.height else None
+            if day is not None:
+                conn.execute(sa.text(f'DELETE FROM "{table}" WHERE snapshot_date = :d'), {"d": day})
+        if engine.dialect.name == "postgresql":
+            raw = engine.raw_connection()
+            try:
+                with tempfile.TemporaryFile() as buf:
+                    frame.write_csv(buf)
+                    buf.seek(0)
+                    raw.cursor().copy_expert(f'COPY "{table}" FROM STDIN WITH (FORMAT csv, HEADER true)', buf)
+                raw.commit()
+            finally:
+                raw.close()
+        else:
+            insert = sa.text(
+                f'INSERT INTO "{table}" ({", ".join(frame.columns)}) VALUES ({", ".join(":" + c for c in frame.columns)})'
+            )
+            with engine.begin() as conn:
+                for chunk in frame.iter_slices(50_000):
+                    conn.execute(insert, chunk.to_dicts())
+    finally:
+        engine.dispose()
+
+
+def write_landing_file(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write synthetic source rows for one day.")
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--date", required=True, help="YYYY-MM-DD (GMT+8 business date)")
+    parser.add_argument("--bad-share", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=7)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--db-url", help="SQLAlchemy URL of the source database")
+    target.add_argument("--file", type=Path, help="landing file to write (.csv or .parquet)")
+    parser.add_argument("--table", default="user_profile")
+    args = parser.parse_args(argv)
+    frame = generate(args.rows, args.date, args.bad_share, args.seed)
+    if args.db_url:
+        write_table(frame, args.db_url, args.table)
+    else:
+        write_landing_file(frame, args.file)
+    print(f"wrote {frame.height} rows for {args.date}")  # CLI output: counts only
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Send one range of a day's batches: a thread pool under the global limiter, with
+every attempt and result in the ledger.
+
+Outcomes (DESIGN.md): S is done. U, or an SDK exception, is retried with backoff and
+jitter, and every retry takes a limiter slot. PARAM_ILLEGAL, DATA_CHECK_FAILED and
+any other F are never retried blindly: the batch is marked failed and the others go
+on. A crash loses nothing: the ledger skips batches acknowledged with S and an
+unchanged content hash, so a rerun re-sends at most the batches that were in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from datahub_assets.upload.batches import Batch
+from datahub_assets.upload.delivery_db import Ledger, RateLimiter
+from datahub_assets.upload.sdk import UploadOutcome
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Equal jitter: at least half the exponential delay, so that the attempts of a
+        batch outlast an outage of sum(delays) while callers still spread out."""
+        d = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        return d / 2 + random.uniform(0, d / 2)
+
+
+@dataclass
+class RangeReport:
+    batches_total: int = 0
+    batches_skipped: int = 0  # already acknowledged with the same content
+    batches_sent: int = 0
+    batches_failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    rows_sent: int = 0
+    seconds: float = 0.0
+    failed_codes: Counter = field(default_factory=Counter)
+    failed_batches: list[int] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_sent / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    rows_per_s: float
+    eta_s: float
+
+
+class RangeSender:
+    def __init__(
+        self,
+        *,
+        upload: Callable[[list[str]], UploadOutcome],
+        ledger: Ledger,
+        limiter: RateLimiter,
+        data_uuid: str,
+        day: str,
+        priority: bool,
+        threads: int,
+        retry: RetryPolicy,
+        log: logging.Logger,
+        progress_every_s: float = 10.0,
+        on_progress: Callable[[Progress], None] | None = None,
+    ):
+        self._upload = upload
+        self._ledger = ledger
+        self._limiter = limiter
+        self._data_uuid = data_uuid
+        self._day = day
+        self._priority = priority
+        self._threads = threads
+        self._retry = retry
+        self._log = log
+        self._progress_every_s = progress_every_s
+        self._on_progress = on_progress
+        self._lock = threading.Lock()
+        self._report = RangeReport()
+
+    def pending(self, batches: list[Batch]) -> list[Batch]:
+        """The batches not yet acknowledged with this exact content."""
+        if not batches:
+            return []
+        numbers = range(batches[0].number, batches[-1].number + 1)
+        acked = self._ledger.entries(self._data_uuid, self._day, numbers)
+        return [
+            b for b in batches
+            if not ((e := acked.get(b.number)) and e.status == "S" and e.content_hash == b.content_hash)
+        ]
+
+    def send(self, batches: list[Batch]) -> RangeReport:
+        report = self._report
+        report.batches_total = len(batches)
+        todo = self.pending(batches)
+        report.batches_skipped = len(batches) - len(todo)
+        started = time.monotonic()
+        done = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(started, len(todo), done), daemon=True)
+        ticker.start()
+        try:
+            with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="datahub-upload") as pool:
+                # list() re-raises the first unexpected error (a bug, or the ledger down).
+                list(pool.map(self._send_one, todo))
+        finally:
+            done.set()
+            ticker.join()
+            report.seconds = time.monotonic() - started
+        return report
+
+    def _send_one(self, batch: Batch) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            self._limiter.acquire(priority=self._priority)
+            self._ledger.mark_sending(self._data_uuid, self._day, batch.number, batch.content_hash)
+            outcome = self._upload(batch.rows)
+            self._ledger.record_result(
+                self._data_uuid, self._day, batch.number, outcome.status, outcome.code, outcome.trace_id
+            )
+            with self._lock:
+                self._report.attempts += 1
+                self._report.retries += attempt > 1
+                self._report.throttled += outcome.code == "THROTTLED"
+            if outcome.status == "S":
+                with self._lock:
+                    self._report.batches_sent += 1
+                    self._report.rows_sent += len(batch.rows)
+                return
+            if outcome.status == "F" or attempt >= self._retry.max_attempts:
+                with self._lock:
+                    self._report.batches_failed += 1
+                    self._report.failed_codes[outcome.code] += 1
+                    self._report.failed_batches.append(batch.number)
+                # The traceId is in the ledger; the log names only the batch and the code.
+                self._log.warning(
+                    "batch %d ended %s/%s after %d attempt(s)", batch.number, outcome.status, outcome.code, attempt
+                )
+                return
+            time.sleep(self._retry.delay(attempt))
+
+    def progress(self, started: float, total: int) -> Progress:
+        with self._lock:
+            finished = self._report.batches_sent + self._report.batches_failed
+            rows = self._report.rows_sent
+        elapsed = max(time.monotonic() - started, 1e-9)
+        batch_rate = finished / elapsed
+        eta = (total - finished) / batch_rate if batch_rate else float("inf")
+        return Progress(done=finished, total=total, rows_per_s=rows / elapsed, eta_s=eta)
+
+    def _tick(self, started: float, total: int, done: threading.Event) -> None:
+        """Progress at a steady cadence, not once per batch."""
+        while not done.wait(self._progress_every_s):
+            p = self.progress(started, total)
+            self._log.info(
+                "progress: %d/%d batches, %.0f rows/s, ETA %.0f s", p.done, p.total, p.rows_per_s, p.eta_s
+            )
+            if self._on_progress:
+                self._on_progress(p)
+
