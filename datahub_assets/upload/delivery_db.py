@@ -46,8 +46,8 @@ limiter_table = sa.Table(
 # The database's clock, not the caller's: machines with skewed clocks still space
 # their requests correctly.
 _NOW = {
-    "postgresql": sa.text("extract(epoch from statement_timestamp())"),
-    "sqlite": sa.text("((julianday('now') - 2440587.5) * 86400.0)"),
+    "postgresql": sa.literal_column("extract(epoch from statement_timestamp())", sa.Float),
+    "sqlite": sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Float),
 }
 
 

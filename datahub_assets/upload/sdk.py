@@ -46,6 +46,7 @@ def check_keys_file(path: str) -> None:
 
 def _start_jvm(classpath: list[str], jvm_options: list[str]) -> None:
     import jpype
+    import jpype.config
 
     if jpype.isJVMStarted():
         return
