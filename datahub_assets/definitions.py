@@ -34,13 +34,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "lake": DataLake(root=dg.EnvVar("DATAHUB_DATA_DIR")),
         "source_db": SourceDatabase(url=dg.EnvVar("DATAHUB_SOURCE_DB_URL")),
-        "landing": LandingFiles(
-            root=dg.EnvVar("DATAHUB_LANDING_ROOT"),
-            sftp_host=dg.EnvVar("DATAHUB_SFTP_HOST"),
-            sftp_port=dg.EnvVar.int("DATAHUB_SFTP_PORT"),
-            sftp_username=dg.EnvVar("DATAHUB_SFTP_USERNAME"),
-            sftp_password=dg.EnvVar("DATAHUB_SFTP_PASSWORD"),
-        ),
+        "landing": LandingFiles(url=dg.EnvVar("DATAHUB_LANDING_URL")),
         "sdk": DataHubSdkResource(
             classpath=dg.EnvVar("DATAHUB_SDK_CLASSPATH"), keys_path=dg.EnvVar("DATAHUB_KEYS_PATH")
         ),

@@ -47,7 +47,7 @@ class Day:
         self.resources = {
             "lake": self.lake,
             "source_db": SourceDatabase(url=self.source_url),
-            "landing": LandingFiles(root=str(tmp_path / "landing")),
+            "landing": LandingFiles(url=str(tmp_path / "landing")),
             "sdk": DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(keys_file)),
             "delivery_db": DeliveryDatabase(url=delivery_url),
         }

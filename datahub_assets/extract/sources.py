@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import dagster as dg
 import polars as pl
@@ -87,40 +88,41 @@ class SourceDatabase(dg.ConfigurableResource):
 
 
 class LandingFiles(dg.ConfigurableResource):
-    """Landing files for each date: CSV or Parquet, in a local folder or on an SFTP server."""
+    """Landing files for each date: CSV or Parquet, in a local folder or on an SFTP server.
 
-    root: str = Field(description="Local folder, or the folder on the SFTP server")
-    sftp_host: str = ""
-    sftp_port: int = 22
-    sftp_username: str = ""
-    sftp_password: str = ""
-    sftp_known_hosts: str = Field(default="", description="known_hosts file; empty accepts any host key (tests only)")
+    `url` is a local folder (`/data/landing`) or `sftp://user:password@host:port/folder`;
+    take it from an EnvVar, since it may carry a password.
+    """
+
+    url: str
+    known_hosts: str = Field(default="", description="known_hosts file for SFTP; empty trusts any host key")
 
     def fetch(self, *, relative_path: str, dest_dir: Path) -> Path:
         """Bring the day's file to dest_dir and return its local path."""
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / Path(relative_path).name
-        if not self.sftp_host:
-            src = Path(self.root) / relative_path
+        parsed = urlsplit(self.url)
+        if parsed.scheme != "sftp":
+            src = Path(parsed.path if parsed.scheme == "file" else self.url) / relative_path
             if not src.is_file():
                 raise SourceMissingError(f"landing file {src} does not exist")
             shutil.copyfile(src, dest)
             return dest
-        asyncio.run(self._sftp_get(f"{self.root.rstrip('/')}/{relative_path}", dest))
+        asyncio.run(self._sftp_get(parsed, f"{parsed.path.rstrip('/')}/{relative_path}", dest))
         return dest
 
-    async def _sftp_get(self, remote: str, dest: Path) -> None:
+    async def _sftp_get(self, parsed: SplitResult, remote: str, dest: Path) -> None:
         import asyncssh
 
         async with asyncssh.connect(
-            self.sftp_host,
-            port=self.sftp_port,
-            username=self.sftp_username,
-            password=self.sftp_password or None,
-            known_hosts=self.sftp_known_hosts or None,
+            parsed.hostname,
+            port=parsed.port or 22,
+            username=unquote(parsed.username or ""),
+            password=unquote(parsed.password) if parsed.password else None,
+            known_hosts=self.known_hosts or None,
         ) as conn, conn.start_sftp_client() as sftp:
             if not await sftp.exists(remote):
-                raise SourceMissingError(f"landing file {remote} does not exist on {self.sftp_host}")
+                raise SourceMissingError(f"landing file {remote} does not exist on {parsed.hostname}")
             await sftp.get(remote, str(dest))
 
 
