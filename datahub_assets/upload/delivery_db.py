@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dagster as dg
@@ -179,36 +181,59 @@ class RateLimiter:
         with engine.begin() as conn:
             stmt = _insert(engine, t).values(name=name, next_slot=0.0)
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+        # `step` is how long the slot keeps the next caller out: one interval, or a
+        # hold (see `exclusive`).
+        step = sa.bindparam("step", type_=sa.Float)
         slot = sa.case((t.c.next_slot > now, t.c.next_slot), else_=now)
         self._reserve = (
             sa.update(t)
             .where(t.c.name == name)
-            .values(next_slot=slot + self.interval)
-            .returning((t.c.next_slot - self.interval - now).label("wait"))
+            .values(next_slot=slot + step)
+            .returning((t.c.next_slot - step - now).label("wait"), t.c.next_slot)
         )
         self._take_if_free = (
             sa.update(t)
             .where(t.c.name == name, t.c.next_slot <= now)
+            .values(next_slot=now + step)
+            .returning(sa.literal(0.0, sa.Float).label("wait"), t.c.next_slot)
+        )
+        self._release_hold = (
+            sa.update(t)
+            .where(t.c.name == name, t.c.next_slot == sa.bindparam("held", type_=sa.Float))
             .values(next_slot=now + self.interval)
-            .returning(t.c.next_slot)
         )
 
-    def acquire(self, priority: bool) -> float:
-        """Block until the caller holds a slot; return the seconds waited."""
-        started = time.monotonic()
+    def _take(self, priority: bool, step: float) -> float:
+        """Take a slot; sleep until it; return the limiter's next_slot as left by us."""
         while True:
             with self._engine.begin() as conn:
-                if priority:
-                    wait = conn.execute(self._reserve).scalar_one()
-                    break
-                if conn.execute(self._take_if_free).first() is not None:
-                    wait = 0.0
-                    break
+                row = conn.execute(self._reserve if priority else self._take_if_free, {"step": step}).first()
+            if row is not None:
+                break
             # A backfill polls with jitter so waiting callers don't move in lockstep.
             time.sleep(self.interval * (0.5 + random.random()))
-        if wait > 0:
-            time.sleep(wait)
-        return time.monotonic() - started
+        if row.wait > 0:
+            time.sleep(row.wait)
+        return row.next_slot
+
+    def acquire(self, priority: bool) -> None:
+        """Block until the caller holds a slot."""
+        self._take(priority, self.interval)
+
+    @contextmanager
+    def exclusive(self, priority: bool, max_hold_s: float = 2.0) -> Iterator[None]:
+        """A slot that keeps every other caller out until the block ends (at most max_hold_s).
+
+        For a call whose send time is unpredictable, such as the first call into a
+        cold JVM (class loading, JIT: hundreds of ms): in a normal slot it would arrive
+        late, among later slots' requests, and push that second over the cap.
+        """
+        held = self._take(priority, max_hold_s)
+        try:
+            yield
+        finally:
+            with self._engine.begin() as conn:
+                conn.execute(self._release_hold, {"held": held})
 
 
 class DeliveryDatabase(dg.ConfigurableResource):

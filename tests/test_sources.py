@@ -1,0 +1,104 @@
+"""Source extracts: PostgreSQL through COPY, SQLite, and landing files local and over SFTP."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from datahub_assets.extract.sources import (
+    LandingFiles,
+    SourceDatabase,
+    SourceMissingError,
+    landing_file_to_parquet,
+)
+from datahub_assets.extract.synthetic import generate, write_landing_file, write_table
+
+DAY = "2026-11-26"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_table_extract_keeps_every_value_as_text(backend, tmp_path, request):
+    url = (
+        f"sqlite:///{tmp_path / 'src.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    source = generate(2_500, DAY, bad_share=0.05)
+    write_table(source, url)
+    write_table(generate(700, "2026-11-25"), url)  # another day in the same table
+
+    out = tmp_path / "extract"
+    rows = SourceDatabase(url=url).extract_day(
+        table="user_profile", date_column="snapshot_date", day=DAY, out_dir=out
+    )
+
+    extracted = pl.read_parquet(out / "*.parquet")
+    assert rows == extracted.height == 2_500
+    assert all(t == pl.String for t in extracted.dtypes)
+    key = ["user_id", "user_name", "age", "screen_width", "updated_at"]
+    assert (
+        extracted.select(key)
+        .sort(key, nulls_last=True)
+        .equals(source.select(key).sort(key, nulls_last=True))
+    )
+
+
+def test_table_extract_of_an_empty_day_has_the_columns(tmp_path):
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    write_table(generate(10, "2026-11-25"), url)
+    out = tmp_path / "extract"
+    assert (
+        SourceDatabase(url=url).extract_day(
+            table="user_profile", date_column="snapshot_date", day=DAY, out_dir=out
+        )
+        == 0
+    )
+    assert "user_id" in pl.read_parquet(out / "*.parquet").columns
+
+
+def test_postgres_extract_binds_the_date_safely(pg_url, tmp_path):
+    write_table(generate(5, DAY), pg_url)
+    out = tmp_path / "extract"
+    hostile = "2026-11-26' OR '1'='1"
+    rows = SourceDatabase(url=pg_url).extract_day(
+        table="user_profile", date_column="snapshot_date", day=hostile, out_dir=out
+    )
+    assert rows == 0
+    with sa.create_engine(
+        pg_url.replace("postgresql://", "postgresql+psycopg2://")
+    ).connect() as conn:
+        assert conn.execute(sa.text("select count(*) from user_profile")).scalar() == 5
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_landing_file_over_sftp(sftp_server, tmp_path, suffix):
+    source = generate(1_000, DAY, bad_share=0.02)
+    write_landing_file(source, sftp_server.root / "user_profile" / f"{DAY}{suffix}")
+    landing = LandingFiles(url=sftp_server.url())
+
+    local = landing.fetch(relative_path=f"user_profile/{DAY}{suffix}", dest_dir=tmp_path / "in")
+    rows = landing_file_to_parquet(local, tmp_path / "extract")
+
+    assert rows == 1_000
+    extracted = pl.read_parquet(tmp_path / "extract" / "*.parquet")
+    assert sorted(extracted["user_id"].drop_nulls()) == sorted(source["user_id"].drop_nulls())
+
+
+def test_missing_landing_file_names_the_path(sftp_server, tmp_path):
+    with pytest.raises(SourceMissingError, match="user_profile/2026-11-26.csv"):
+        LandingFiles(url=sftp_server.url()).fetch(
+            relative_path=f"user_profile/{DAY}.csv", dest_dir=tmp_path
+        )
+    with pytest.raises(SourceMissingError, match="does not exist"):
+        LandingFiles(url=str(tmp_path / "nowhere")).fetch(
+            relative_path=f"{DAY}.csv", dest_dir=tmp_path
+        )
+
+
+def test_wrong_sftp_password_is_refused(sftp_server, tmp_path):
+    write_landing_file(generate(3, DAY), sftp_server.root / f"{DAY}.csv")
+    with pytest.raises(Exception, match="(?i)auth|permission"):
+        LandingFiles(url=sftp_server.url(password="wrong")).fetch(
+            relative_path=f"{DAY}.csv", dest_dir=tmp_path
+        )

@@ -1,0 +1,177 @@
+"""A second contract file adds a second chain of assets with no code change; ranges
+uploading in parallel as separate processes share one Postgres-backed limiter."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from datahub_assets.contract import load_contract
+from datahub_assets.definitions import build_definitions, build_dataset_assets
+from datahub_assets.extract.sources import LandingFiles, SourceDatabase
+from datahub_assets.extract.synthetic import generate, write_landing_file, write_table
+from datahub_assets.lake import DataLake
+from datahub_assets.partitions import DATE_DIM, RANGE_DIM
+from datahub_assets.upload.delivery_db import DeliveryDatabase
+from datahub_assets.upload.sdk import DataHubSdkResource
+from datahub_emulator.toolkit import init_keys
+
+DAY = "2026-11-26"
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONTRACT = REPO / "datahub_assets" / "contracts" / "user_profile.yaml"
+DEVICE_CONTRACT = """
+dataset: device_profile
+data_uuid: 0f6d3a0c5b7e4a1e9c2d8b6a4f1e3c5d
+description: Devices seen per user, from the daily landing file.
+source: {kind: files, pattern: "devices/{date}.csv"}
+columns:
+  - {name: id, type: String, required: true, source: user_id}
+  - {name: screenWidth, type: Double, source: screen_width}
+  - {name: userName, type: String, expression: "upper(user_name)"}
+batch_ranges: 4
+"""
+
+
+def write_contracts(directory: Path, ranges: int | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    text = DEMO_CONTRACT.read_text()
+    if ranges:
+        text = text.replace("batch_ranges: 32", f"batch_ranges: {ranges}")
+    (directory / "user_profile.yaml").write_text(text)
+    return directory
+
+
+def test_a_second_contract_file_adds_a_second_chain(
+    tmp_path, sftp_server, datahub_endpoint, sdk_jar
+):
+    contracts = write_contracts(tmp_path / "contracts")
+    (contracts / "device_profile.yaml").write_text(DEVICE_CONTRACT)
+
+    defs = build_definitions(contracts)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {
+        f"{d}_{s}"
+        for d in ("user_profile", "device_profile")
+        for s in ("extract", "snapshot", "uploaded")
+    }
+    for d in ("user_profile", "device_profile"):
+        assert graph.get(dg.AssetKey(f"{d}_uploaded")).parent_keys == {dg.AssetKey(f"{d}_snapshot")}
+        assert graph.get(dg.AssetKey(f"{d}_snapshot")).parent_keys == {dg.AssetKey(f"{d}_extract")}
+
+    # The new dataset runs end to end from an SFTP landing file, with no code change.
+    keys_file = tmp_path / "keys" / "keys.properties"
+    init_keys(
+        endpoint=datahub_endpoint.url,
+        out=keys_file,
+        institution_id="WALLET_01",
+        ant_institution_id="ANT_01",
+        contracts=sorted(contracts.glob("*.yaml")),
+    )
+    source = generate(800, DAY)
+    write_landing_file(source, sftp_server.root / "devices" / f"{DAY}.csv")
+    resources = {
+        "lake": DataLake(root=str(tmp_path / "lake")),
+        "source_db": SourceDatabase(url="sqlite://"),
+        "landing": LandingFiles(url=sftp_server.url()),
+        "sdk": DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(keys_file)),
+        "delivery_db": DeliveryDatabase(url=f"sqlite:///{tmp_path / 'delivery.db'}"),
+    }
+    device = [
+        a
+        for a in build_dataset_assets(contracts)
+        if a.key.to_user_string().startswith("device_profile")
+    ]
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(
+            device[:2], partition_key=DAY, resources=resources, instance=instance
+        ).success
+        for r in ("0", "1", "2", "3"):
+            key = dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: r})
+            assert dg.materialize(
+                device[2:], partition_key=key, resources=resources, instance=instance
+            ).success
+
+    snapshot = pl.read_parquet(tmp_path / "lake" / "device_profile" / "snapshot" / f"{DAY}.parquet")
+    assert snapshot.columns == ["id", "screenWidth", "userName"]
+    assert (
+        snapshot["userName"].sort().to_list()
+        == source["user_name"].str.to_uppercase().sort().to_list()
+    )
+    device_uuid = load_contract(contracts / "device_profile.yaml").data_uuid
+    reconciled = datahub_endpoint.reconcile(device_uuid, source["user_id"].to_list())
+    assert reconciled["stored"] == 800 and reconciled["missing"] == 0
+    assert datahub_endpoint.stats()["by_code"].get("DATA_CHECK_FAILED", 0) == 0
+
+
+def test_four_ranges_in_four_processes_never_exceed_the_cap(
+    tmp_path, pg_url, datahub_endpoint, sdk_jar
+):
+    contracts = write_contracts(tmp_path / "contracts", ranges=4)
+    contract = load_contract(contracts / "user_profile.yaml")
+    keys_file = tmp_path / "keys" / "keys.properties"
+    init_keys(
+        endpoint=datahub_endpoint.url,
+        out=keys_file,
+        institution_id="WALLET_01",
+        ant_institution_id="ANT_01",
+        contracts=[contracts / "user_profile.yaml"],
+    )
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    source = generate(36_000, DAY)
+    write_table(source, source_url)
+    env = {
+        **os.environ,
+        "DATAHUB_DATA_DIR": str(tmp_path / "lake"),
+        "DATAHUB_SOURCE_DB_URL": source_url,
+        "DATAHUB_LANDING_URL": str(tmp_path / "landing"),
+        "DATAHUB_SDK_CLASSPATH": str(sdk_jar),
+        "DATAHUB_KEYS_PATH": str(keys_file),
+        "DATAHUB_DELIVERY_DB_URL": pg_url,
+    }
+    extract, snapshot, _ = build_dataset_assets(contracts)
+    resources = {
+        "lake": DataLake(root=env["DATAHUB_DATA_DIR"]),
+        "source_db": SourceDatabase(url=source_url),
+    }
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(
+            [extract, snapshot], partition_key=DAY, resources=resources, instance=instance
+        ).success
+
+    # Latency makes the ranges overlap in time, as on separate machines.
+    datahub_endpoint.faults(latency_ms={"median": 60, "jitter": 30})
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "upload_worker.py"),
+                str(contracts),
+                "user_profile",
+                f"{r}|{DAY}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for r in "0123"
+    ]
+    assert [w.wait(timeout=180) for w in workers] == [0, 0, 0, 0]
+
+    stats = datahub_endpoint.stats()
+    print(stats["by_code"], stats["max_admitted_per_sliding_second"])
+    assert stats["requests"] == 360
+    assert max(s["arrived"] for s in stats["per_second"].values()) <= 20
+    assert stats["max_admitted_per_sliding_second"] <= 20
+    assert stats["by_code"].get("THROTTLED", 0) == 0
+    # Four processes together still use the cap: 360 batches at about 19.6/s.
+    busy = sorted(int(s) for s in stats["per_second"])
+    assert 360 / (busy[-1] - busy[0] + 1) > 15
+    reconciled = datahub_endpoint.reconcile(contract.data_uuid, source["user_id"].to_list())
+    assert reconciled["stored"] == 36_000 and reconciled["missing"] == 0
