@@ -3,83 +3,15 @@ endpoint, the stand-in SDK in a real JVM, and both ledger backends."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from day_fixtures import CONTRACT, DAY, Day, is_bad
 
-from datahub_assets.contract import load_contract
-from datahub_assets.definitions import build_dataset_assets
-from datahub_assets.extract.sources import LandingFiles, SourceDatabase
-from datahub_assets.extract.synthetic import BAD_ROW_KINDS, generate, write_table
-from datahub_assets.lake import DataLake
-from datahub_assets.partitions import DATE_DIM, RANGE_DIM
+from datahub_assets.extract.synthetic import generate, write_table
 from datahub_assets.snapshot.conform import REASON
-from datahub_assets.upload.batches import range_keys
-from datahub_assets.upload.delivery_db import DeliveryDatabase, Ledger, create_delivery_engine
-from datahub_assets.upload.sdk import DataHubSdkResource
-
-DAY = "2026-11-26"
-CONTRACTS_DIR = Path(__file__).resolve().parents[1] / "datahub_assets" / "contracts"
-CONTRACT = load_contract(CONTRACTS_DIR / "user_profile.yaml")
-FAST_RETRY = {"retry_base_delay_s": 0.05, "progress_every_s": 1.0}
-
-
-def is_bad(frame: pl.DataFrame) -> pl.Series:
-    """The generator's broken rows, found independently of the conform code."""
-    mask = pl.Series([False] * frame.height)
-    for col, value in BAD_ROW_KINDS:
-        mask = mask | (
-            frame[col].is_null() if value is None else (frame[col] == value).fill_null(False)
-        )
-    return mask
-
-
-class Day:
-    """A materialized day: the assets, their resources and a Dagster instance."""
-
-    def __init__(self, tmp_path: Path, sdk_jar: Path, keys_file: Path, delivery_url: str, instance):
-        self.source_url = f"sqlite:///{tmp_path / 'source.db'}"
-        self.lake = DataLake(root=str(tmp_path / "lake"))
-        self.delivery_url = delivery_url
-        self.resources = {
-            "lake": self.lake,
-            "source_db": SourceDatabase(url=self.source_url),
-            "landing": LandingFiles(url=str(tmp_path / "landing")),
-            "sdk": DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(keys_file)),
-            "delivery_db": DeliveryDatabase(url=delivery_url),
-        }
-        self.extract, self.snapshot, self.uploaded = build_dataset_assets(CONTRACTS_DIR)
-        self.instance = instance
-
-    def prepare(self) -> None:
-        result = dg.materialize(
-            [self.extract, self.snapshot],
-            partition_key=DAY,
-            resources=self.resources,
-            instance=self.instance,
-        )
-        assert result.success
-
-    def upload_all(self, config: dict | None = None) -> list[dict]:
-        """Materialize every range of the day; return each range's metadata."""
-        metadata = []
-        for key in range_keys(CONTRACT.batch_ranges):
-            result = dg.materialize(
-                [self.uploaded],
-                partition_key=dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: key}),
-                resources=self.resources,
-                instance=self.instance,
-                run_config={
-                    "ops": {self.uploaded.op.name: {"config": {**FAST_RETRY, **(config or {})}}}
-                },
-            )
-            assert result.success
-            (mat,) = result.asset_materializations_for_node(self.uploaded.op.name)
-            metadata.append({k: v.value for k, v in mat.metadata.items()})
-        return metadata
+from datahub_assets.upload.delivery_db import Ledger, create_delivery_engine
 
 
 @pytest.fixture

@@ -24,6 +24,12 @@ from datahub_assets.contract import Column, Contract, PartnerType
 
 REASON = "_reject_reason"
 SOURCE_ROW = "_source_row"
+# Canonical values are staged under private names, apart from the raw columns: a source
+# column may share a contract column's name (`{name: id, source: id}`), and the
+# quarantine keeps the raw values.
+_VALUE = "_value:"
+_ORDER = "_dedup_order"  # the contract's dedup order_by, as text
+_POSITION = "_position"  # a row's place in the id-sorted snapshot
 # C0 controls except tab, and DEL: they break downstream consumers of the partner's
 # JSON and are almost always corruption, so the row is quarantined.
 _CONTROL_CHARS = r"[\x00-\x08\x0A-\x1F\x7F]"
@@ -114,48 +120,89 @@ def check_source_shape(contract: Contract, available: list[str]) -> None:
 
 
 def conform(contract: Contract, extract: pl.LazyFrame, snapshot_path: Path, quarantine_path: Path) -> ConformStats:
-    """Write the snapshot and the quarantine for one day; return the counts."""
+    """Write the snapshot and the quarantine for one day; return the counts.
+
+    Three passes over the day, each streamed or sorted once, so that the sort carries
+    only what the snapshot needs (the canonical values and the source row number):
+    1. validate every row once, writing the good rows' canonical values and the
+       rejected rows (raw values and reason) side by side;
+    2. sort the good rows by id, writing the snapshot and the positions of ids that
+       occur more than once;
+    3. only if some ids repeat: settle each group by the contract's rule (keep the row
+       with the greatest (order_by, canonical text), the later source row on a full tie,
+       as one sort over (id, order_by, canonical text) would), drop the superseded rows
+       from the snapshot and quarantine them.
+    """
     check_source_shape(contract, extract.collect_schema().names())
     raw_columns = extract.collect_schema().names()
     names = [c.name for c in contract.columns]
     pairs = [_canonical_and_reason(c, contract.max_value_bytes) for c in contract.columns]
+    values = [_VALUE + n for n in names]
+    vid = _VALUE + "id"
 
-    order = [pl.col(contract.dedup_order_by).cast(pl.String)] if contract.dedup_order_by else []
+    order = [pl.col(contract.dedup_order_by).cast(pl.String).alias(_ORDER)] if contract.dedup_order_by else []
     staged = (
         extract.with_row_index(SOURCE_ROW)
-        .with_columns(*[v for v, _ in pairs], pl.concat_str([r for _, r in pairs], separator="; ", ignore_nulls=True).alias(REASON))
+        .with_columns(*[v.alias(_VALUE + n) for n, (v, _) in zip(names, pairs)], pl.concat_str([r for _, r in pairs], separator="; ", ignore_nulls=True).alias(REASON))
         .with_columns(pl.when(pl.col(REASON) == "").then(None).otherwise(pl.col(REASON)).alias(REASON))
-    )
-    # Sorting bad rows last and, among good rows, by (id, order_by, canonical text)
-    # makes "keep the last row of each id" the same choice on every run.
-    good = staged.filter(pl.col(REASON).is_null())
-    good = good.sort(["id", *order, *[n for n in names if n != "id"]], nulls_last=False, maintain_order=True)
-    superseded = pl.col("id") == pl.col("id").shift(-1)
-    good = good.with_columns(
-        pl.when(superseded).then(pl.lit("id: duplicate, superseded by a later row")).otherwise(None).alias(REASON)
     )
 
     snapshot_path.parent.mkdir(parents=True, exist_ok=True)
     quarantine_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_good = snapshot_path.with_suffix(".staged.parquet")
-    good.select(*names, REASON, *raw_columns, SOURCE_ROW).sink_parquet(tmp_good)
-
+    tmp_rejected = quarantine_path.with_suffix(".rejected.parquet")
+    tmp_repeats = snapshot_path.with_suffix(".repeats.parquet")
+    tmp_sorted = snapshot_path.with_suffix(".sorted.parquet")
     try:
-        pl.scan_parquet(tmp_good).filter(pl.col(REASON).is_null()).select(names).sink_parquet(snapshot_path)
-        rejected = staged.filter(pl.col(REASON).is_not_null()).select(SOURCE_ROW, *raw_columns, REASON)
-        duplicates = pl.scan_parquet(tmp_good).filter(pl.col(REASON).is_not_null()).select(SOURCE_ROW, *raw_columns, REASON)
-        pl.concat([rejected, duplicates]).sort(SOURCE_ROW).sink_parquet(quarantine_path)
-    finally:
-        tmp_good.unlink(missing_ok=True)
+        # 1. One validation pass, two outputs (polars shares the common plan).
+        pl.collect_all([
+            staged.filter(pl.col(REASON).is_null()).select(SOURCE_ROW, *values, *order).sink_parquet(tmp_good, lazy=True),
+            staged.filter(pl.col(REASON).is_not_null()).select(SOURCE_ROW, *raw_columns, REASON).sink_parquet(tmp_rejected, lazy=True),
+        ])
 
-    counts = pl.scan_parquet(quarantine_path).select(
-        pl.len().alias("rejected"),
-        pl.col(REASON).str.starts_with("id: duplicate").sum().alias("duplicates"),
-    ).collect().row(0, named=True)
+        # 2. The sort: the snapshot, and where equal ids sit next to each other.
+        # Not a stable sort: rows of a repeated id are told apart by their source row
+        # in step 3, so their order here does not matter, and only one of them stays.
+        ordered = pl.scan_parquet(tmp_good).select(SOURCE_ROW, *values).sort(vid)
+        repeated = (pl.col(vid) == pl.col(vid).shift(1)) | (pl.col(vid) == pl.col(vid).shift(-1))
+        pl.collect_all([
+            ordered.select(pl.col(v).alias(n) for v, n in zip(values, names)).sink_parquet(tmp_sorted, lazy=True),
+            ordered.with_row_index(_POSITION).filter(repeated).select(_POSITION, SOURCE_ROW).sink_parquet(tmp_repeats, lazy=True),
+        ])
+
+        # 3. Duplicate ids (usually none): the contract's rule decides which row stays.
+        repeats = pl.read_parquet(tmp_repeats)
+        superseded = pl.DataFrame(schema={_POSITION: repeats.schema[_POSITION], SOURCE_ROW: repeats.schema[SOURCE_ROW]})
+        if repeats.height:
+            rows = (
+                pl.scan_parquet(tmp_good)
+                .filter(pl.col(SOURCE_ROW).is_in(repeats[SOURCE_ROW]))
+                .join(repeats.lazy(), on=SOURCE_ROW, how="left", maintain_order="left")
+                .sort([vid, *([_ORDER] if order else []), *[v for v in values if v != vid]], nulls_last=False, maintain_order=True)
+                .collect()
+            )
+            superseded = rows.filter(pl.col(vid) == pl.col(vid).shift(-1)).select(_POSITION, SOURCE_ROW)
+        if superseded.height:
+            pl.scan_parquet(tmp_sorted).with_row_index(_POSITION).filter(
+                ~pl.col(_POSITION).is_in(superseded[_POSITION])
+            ).drop(_POSITION).sink_parquet(snapshot_path)
+        else:
+            tmp_sorted.replace(snapshot_path)
+        duplicates = (
+            extract.with_row_index(SOURCE_ROW)
+            .filter(pl.col(SOURCE_ROW).is_in(superseded[SOURCE_ROW]))
+            .select(SOURCE_ROW, *raw_columns, pl.lit("id: duplicate, superseded by a later row").alias(REASON))
+        )
+        pl.concat([pl.scan_parquet(tmp_rejected), duplicates]).sort(SOURCE_ROW).sink_parquet(quarantine_path)
+    finally:
+        for tmp in (tmp_good, tmp_rejected, tmp_repeats, tmp_sorted):
+            tmp.unlink(missing_ok=True)
+
+    rejected_rows = pl.scan_parquet(quarantine_path).select(pl.len()).collect().item() - superseded.height
     snapshot_rows = pl.scan_parquet(snapshot_path).select(pl.len()).collect().item()
     return ConformStats(
-        source_rows=snapshot_rows + counts["rejected"],
+        source_rows=snapshot_rows + rejected_rows + superseded.height,
         snapshot_rows=snapshot_rows,
-        rejected_rows=counts["rejected"] - counts["duplicates"],
-        duplicate_rows=counts["duplicates"],
+        rejected_rows=rejected_rows,
+        duplicate_rows=superseded.height,
     )

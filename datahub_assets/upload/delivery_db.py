@@ -157,6 +157,9 @@ class Ledger:
         return (n - 1) / (last - first)
 
 
+_MAX_LATE_RETAKES = 20  # bounds the loop; past it the caller sends in its (late) slot
+
+
 class RateLimiter:
     """A global spacing limiter: at most one slot every 1 / (cap x headroom) seconds.
 
@@ -176,6 +179,10 @@ class RateLimiter:
         self._engine = engine
         self.name = name
         self.interval = 1.0 / (cap_per_second * headroom)
+        # Any cap+1 slots span 1/headroom s: half of the margin over 1 s may go to a late
+        # wake-up, the other half is left for the jitter between waking and arriving.
+        self.late_tolerance = max((1.0 / headroom - 1.0) / 2, 0.001)
+        self.late_retakes = 0  # slots given up because the caller woke too late (diagnostics)
         now = _NOW[engine.dialect.name]
         t = limiter_table
         with engine.begin() as conn:
@@ -204,16 +211,31 @@ class RateLimiter:
         )
 
     def _take(self, priority: bool, step: float) -> float:
-        """Take a slot; sleep until it; return the limiter's next_slot as left by us."""
-        while True:
-            with self._engine.begin() as conn:
-                row = conn.execute(self._reserve if priority else self._take_if_free, {"step": step}).first()
-            if row is not None:
+        """Take a slot; sleep until it; return the limiter's next_slot as left by us.
+
+        The wait is counted from just before the statement (the database measures it
+        from the statement's start), so the commit's round trip is not slept on top of it.
+        A caller that wakes more than `late_tolerance` after its slot (the process was
+        descheduled, or stalled) does not send in it: after a stall every waiting thread
+        would fire at once, and those requests would bunch up at the partner and push
+        that second over the cap. It takes a new slot instead; the missed slot stays unused.
+        """
+        for _ in range(_MAX_LATE_RETAKES + 1):
+            while True:
+                with self._engine.begin() as conn:
+                    asked = time.monotonic()
+                    row = conn.execute(self._reserve if priority else self._take_if_free, {"step": step}).first()
+                if row is not None:
+                    break
+                # A backfill polls with jitter so waiting callers don't move in lockstep.
+                time.sleep(self.interval * (0.5 + random.random()))
+            slot_at = asked + max(row.wait, 0.0)
+            pause = slot_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            if row.wait <= 0 or time.monotonic() - slot_at <= self.late_tolerance:
                 break
-            # A backfill polls with jitter so waiting callers don't move in lockstep.
-            time.sleep(self.interval * (0.5 + random.random()))
-        if row.wait > 0:
-            time.sleep(row.wait)
+            self.late_retakes += 1
         return row.next_slot
 
     def acquire(self, priority: bool) -> None:

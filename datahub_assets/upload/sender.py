@@ -24,6 +24,11 @@ from datahub_assets.upload.delivery_db import Ledger, RateLimiter
 from datahub_assets.upload.sdk import UploadOutcome
 
 
+# Set once any SDK call in this process has returned: from then on the JVM (one per
+# process) is warm, and no later send needs to go alone.
+_process_has_uploaded = threading.Event()
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8
@@ -115,13 +120,16 @@ class RangeSender:
         ticker = threading.Thread(target=self._tick, args=(started, len(todo), done), daemon=True)
         ticker.start()
         try:
-            if todo:
-                # The first call may be the first into a cold JVM (class loading, JIT):
-                # it goes alone, before the pool opens.
+            first = 0
+            if todo and not _process_has_uploaded.is_set():
+                # The first call of this process may be the first into a cold JVM (class
+                # loading, JIT): it goes alone, before the pool opens. Later sends in the
+                # same process (the in-process executor) find the JVM warm and skip the hold.
                 self._send_one(todo[0], alone=True)
+                first = 1
             with ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="datahub-upload") as pool:
                 # list() re-raises the first unexpected error (a bug, or the ledger down).
-                list(pool.map(self._send_one, todo[1:]))
+                list(pool.map(self._send_one, todo[first:]))
         finally:
             done.set()
             ticker.join()
@@ -163,9 +171,12 @@ class RangeSender:
     def _send_in_slot(self, batch: Batch, alone: bool) -> UploadOutcome:
         if alone:
             with self._limiter.exclusive(priority=self._priority):
-                return self._upload(batch.rows)
-        self._limiter.acquire(priority=self._priority)
-        return self._upload(batch.rows)
+                outcome = self._upload(batch.rows)
+        else:
+            self._limiter.acquire(priority=self._priority)
+            outcome = self._upload(batch.rows)
+        _process_has_uploaded.set()  # one call has run through the SDK: its code paths are warm
+        return outcome
 
     def progress(self, started: float, total: int) -> Progress:
         with self._lock:

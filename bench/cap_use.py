@@ -1,0 +1,294 @@
+"""Cap use: how much of the partner's 20 batches/s the platform's real upload path uses.
+
+    .venv/bin/python bench/cap_use.py            # 2,400 batches per phase (about 7 min)
+    .venv/bin/python bench/cap_use.py --small    # 200 batches per phase, CI smoke run (< 60 s)
+
+The local endpoint runs with the partner's cap (20 per sliding second) and 150 ms median
+latency +- 50 ms jitter. The same snapshot batches (synthetic rows -> conform ->
+read_batches) are sent:
+  A. from 1 OS process: RangeSender + DataHubSdkResource + Ledger + RateLimiter on a
+     Postgres delivery database (bench/upload_worker.py), UploadConfig's thread count;
+  B. from 4 OS processes sharing that Postgres limiter, each sending its own contiguous share;
+  C. the naive baseline: a plain sequential loop calling the same Java SDK through JPype.
+Reported: achieved rate / cap (target >= 0.975), throttled share of requests (target
+<= 0.1%), the endpoint's max admitted per sliding second (<= cap), the ratio to the naive
+loop, and the planner's ETA for the 25M-row reference day at the measured rate (target
+<= 3 h 34 min). Rates are end to end: batches / (last answer - common start instant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import Result  # noqa: E402
+
+DAY = "2026-11-26"
+WORKER = Path(__file__).resolve().parent / "upload_worker.py"
+READY_TIMEOUT_S = 120.0
+REFERENCE_ROWS = 25_000_000
+ETA_TARGET_S = 3 * 3600 + 34 * 60
+
+
+def run_workers(
+    n: int, batches: int, snapshot: Path, jar: Path, keys: Path, url: str, cap: float, threads: int | None,
+    timeout_s: float, trace_dir: Path | None = None, warm: bool = True, on_ready=None, extra: tuple = (),
+) -> tuple[list[dict], list[float]]:
+    """n upload processes, each with a contiguous share, all starting at one instant."""
+    procs = []
+    try:
+        for i in range(n):
+            first, stop = i * batches // n, (i + 1) * batches // n
+            cmd = [
+                sys.executable, str(WORKER), "--snapshot", str(snapshot), "--first", str(first), "--stop", str(stop),
+                "--jar", str(jar), "--keys", str(keys), "--delivery-url", url, "--cap", str(cap), "--day", DAY,
+            ]  # fmt: skip
+            if threads:
+                cmd += ["--threads", str(threads)]
+            cmd += list(extra)
+            if warm:
+                cmd += ["--warm-batch", str(batches + i)]  # one extra batch per worker, outside the measured set
+            if trace_dir:
+                cmd += ["--trace", str(trace_dir / f"trace-{n}p-{i}.jsonl")]
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=benchlib.REPO_ROOT))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        warm_s = []
+        for p in procs:
+            line = p.stdout.readline()  # blocks until the worker is ready (or dies)
+            if not line or not json.loads(line).get("ready") or time.monotonic() > deadline:
+                raise RuntimeError(f"upload worker did not get ready (exit {p.poll()})")
+            warm_s.append(json.loads(line).get("warm_s"))
+        if on_ready:
+            on_ready()
+        go = time.time() + 1.0
+        for p in procs:
+            p.stdin.write(json.dumps({"go": go}) + "\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout_s)
+            lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+            result = next((x["result"] for x in lines if "result" in x), None)
+            if p.returncode != 0 or result is None:
+                raise RuntimeError(f"upload worker failed (exit {p.returncode})")
+            results.append(result)
+        return results, warm_s
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def reset_delivery_db(url: str) -> None:
+    """Empty the ledger between phases so that each phase sends every batch."""
+    import sqlalchemy as sa
+
+    from datahub_assets.upload.delivery_db import create_delivery_engine
+
+    engine = create_delivery_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM upload_ledger"))
+            conn.execute(sa.text("DELETE FROM rate_limiter"))
+    finally:
+        engine.dispose()
+
+
+def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_s: list) -> dict:
+    go = results[0]["go"]
+    ended = max(r["ended"] for r in results)
+    sent = sum(r["batches_sent"] for r in results)
+    attempts = sum(r["attempts"] for r in results)
+    requests = stats["requests"]
+    throttled = stats["by_code"].get("THROTTLED", 0)
+    # The endpoint's view: admitted arrivals per second between the first and last arrival.
+    per_second = stats.get("per_second") or {}
+    summary = {
+        "name": name,
+        "processes": len(results),
+        "threads_per_process": results[0]["threads"],
+        "batches_sent": sent,
+        "batches_failed": sum(r["batches_failed"] for r in results),
+        "attempts": attempts,
+        "retries": sum(r["retries"] for r in results),
+        "seconds": ended - go,
+        "rate": sent / (ended - go),
+        "requests": requests,
+        "throttled": throttled,
+        "throttled_share": throttled / requests if requests else 0.0,
+        "max_sliding": stats["max_admitted_per_sliding_second"],
+        "seconds_with_arrivals": len(per_second),
+        "client_cpu_ms_per_batch": 1000 * sum(r["cpu_s"] for r in results) / max(sent, 1),
+        "late_retakes": sum(r.get("late_retakes") or 0 for r in results),
+        "cold_first_call_s": max((w for w in warm_s if w is not None), default=None),
+    }
+    summary["rate_over_cap"] = summary["rate"] / cap
+    print(
+        f"  {name}: {sent} batches in {summary['seconds']:.2f} s = {summary['rate']:.3f}/s "
+        f"({summary['rate_over_cap']:.4f} of cap); requests {requests}, throttled {throttled}, "
+        f"retries {summary['retries']}, failed {summary['batches_failed']}, "
+        f"max admitted per sliding second {summary['max_sliding']}, "
+        f"client CPU {summary['client_cpu_ms_per_batch']:.2f} ms/batch, late wake-ups re-queued "
+        f"{summary['late_retakes']}, cold first call (warm-up, not timed) {summary['cold_first_call_s']}",
+        flush=True,
+    )
+    return summary
+
+
+def naive_phase(jar: Path, keys: Path, data_uuid: str, batches: list, endpoint, time_budget_s: float) -> dict:
+    """What a user writes first: one thread, one SDK call after the other, no limiter, no ledger."""
+    import jpype
+
+    if not jpype.isJVMStarted():
+        jpype.startJVM(classpath=[str(jar)], convertStrings=False)
+    import jpype.imports  # noqa: F401
+    from java.util import ArrayList
+
+    client = jpype.JClass("com.alipay.idatahub.client.DataUploadClient")(str(keys))
+    endpoint.reset()
+    codes: dict[str, int] = {}
+    started = time.perf_counter()
+    sent = 0
+    for batch in batches:
+        data = ArrayList(len(batch.rows))
+        for row in batch.rows:
+            data.add(row)
+        result = client.uploadData(data_uuid, data)
+        code = f"{result.getResultStatus()}/{result.getResultCode()}"
+        codes[code] = codes.get(code, 0) + 1
+        sent += 1
+        if time.perf_counter() - started > time_budget_s:
+            break
+    seconds = time.perf_counter() - started
+    client.close()
+    stats = endpoint.stats()
+    ok = codes.get("S/SUCCESS", 0)
+    print(f"  naive loop: {sent} batches in {seconds:.2f} s = {ok / seconds:.3f}/s; codes {codes}", flush=True)
+    return {
+        "batches": sent,
+        "seconds": seconds,
+        "rate": ok / seconds,
+        "codes": codes,
+        "throttled_share": stats["by_code"].get("THROTTLED", 0) / max(stats["requests"], 1),
+        "max_sliding": stats["max_admitted_per_sliding_second"],
+    }
+
+
+def projection(rate: float, cap: float):
+    from datahub_assets.monitoring.planner import deadline_for, plan
+    from datahub_assets.upload.batches import batch_count
+
+    deadline = deadline_for(DAY)
+    return plan(
+        batches=batch_count(REFERENCE_ROWS), cap=cap, start=datetime.now(timezone.utc), deadline=deadline,
+        measured_rate=rate,
+    )
+
+
+def hms(seconds: float) -> str:
+    m = int(round(seconds)) // 60
+    return f"{m // 60} h {m % 60:02d} min"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="200 batches a phase: a CI smoke run")
+    parser.add_argument("--batches", type=int, default=None, help="per phase; default 2400 (200 with --small)")
+    parser.add_argument("--naive-batches", type=int, default=None, help="default: --batches (80 with --small)")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="per process; default UploadConfig's")
+    parser.add_argument("--cap", type=int, default=20)
+    parser.add_argument("--latency-median-ms", type=float, default=150.0)
+    parser.add_argument("--latency-jitter-ms", type=float, default=50.0)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
+    parser.add_argument("--cold", action="store_true", help="no warm-up call: each process's cold JVM is timed too")
+    parser.add_argument("--only", choices=["1", "n"], default=None, help="run only the 1-process or the n-process phase")
+    parser.add_argument("--trace-dir", type=Path, default=None, help="per-attempt timings of every worker")
+    parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
+    args = parser.parse_args()
+
+    batches_n = args.batches or (200 if args.small else 2400)
+    naive_n = args.naive_batches or (80 if args.small else batches_n)
+    cap = args.cap
+    # Each phase is bounded: twice the time the cap allows, plus start-up slack.
+    phase_timeout = 2 * batches_n / cap + 120
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cap-use-"))
+    print(f"cap use: {batches_n} batches per phase, cap {cap}/s, latency {args.latency_median_ms:g} "
+          f"+- {args.latency_jitter_ms:g} ms; {benchlib.machine_facts()}; workdir {workdir}", flush=True)
+
+    jar = benchlib.build_sdk_jar()
+    contract, snapshot, all_batches = benchlib.make_snapshot_batches(workdir, batches_n + args.processes, DAY)
+    batches = all_batches[:batches_n]  # the rest: one warm-up batch per worker
+    with benchlib.scratch_database("datahub_bench_cap") as url, benchlib.endpoint_with_keys(
+        workdir, cap=cap, latency_median_ms=args.latency_median_ms, latency_jitter_ms=args.latency_jitter_ms
+    ) as (endpoint, keys):
+        summaries = []
+        phases = {"1": (1,), "n": (args.processes,), None: (1, args.processes)}[args.only]
+        for n in phases:
+            reset_delivery_db(url)
+            endpoint.reset()
+            results, warm_s = run_workers(
+                n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
+                warm=not args.cold, on_ready=endpoint.reset,
+                extra=("--late-tolerance-ms", str(args.late_tolerance_ms)) if args.late_tolerance_ms is not None else (),
+            )
+            summaries.append(
+                phase_summary(f"{n} process{'es' if n > 1 else ''}", results, endpoint.stats(), cap, warm_s)
+            )
+            ids = [json.loads(r)["id"] for b in batches for r in b.rows]
+            rec = endpoint.reconcile(contract.data_uuid, ids)
+            if rec["missing"]:
+                raise SystemExit(f"{rec['missing']} rows missing at the endpoint after {summaries[-1]['name']}")
+        naive = None
+        if not args.skip_naive:
+            naive = naive_phase(jar, keys, contract.data_uuid, batches[:naive_n], endpoint, phase_timeout * 4)
+
+    if len(summaries) == 1:
+        summaries = summaries * 2  # one phase asked for: report it in both places
+    one, many = summaries
+    naive_rate = naive["rate"] if naive else None
+    naive_name = f"naive sequential SDK loop, {naive['batches']} batches" if naive else "not run"
+    results = []
+    for s in summaries:
+        label = f"{s['processes']} proc x {s['threads_per_process']} threads"
+        results += [
+            Result(f"rate / cap, {label}", s["rate_over_cap"], naive_rate / cap if naive else None, "",
+                   target=">= 0.975", baseline_name=naive_name,
+                   note=f"{s['batches_sent']} batches in {s['seconds']:.1f} s = {s['rate']:.3f}/s"),
+            Result(f"throttled share, {label}", s["throttled_share"], naive["throttled_share"] if naive else None, "",
+                   target="<= 0.001", baseline_name=naive_name,
+                   note=f"{s['throttled']} of {s['requests']} requests"),
+            Result(f"max admitted / sliding s, {label}", s["max_sliding"], cap, "",
+                   target=f"<= {cap}", baseline_name="the cap"),
+        ]
+    if naive:
+        results.append(
+            Result("rate vs naive loop, 1 process", one["rate"], naive_rate, "b/s", baseline_name=naive_name,
+                   note="ratio = platform rate / naive rate")
+        )
+    rate = min(one["rate"], many["rate"])
+    day_plan = projection(rate, cap)
+    doc_s = REFERENCE_ROWS / 100 / cap
+    results.append(
+        Result("ETA of 25M rows at the measured rate", day_plan.duration_s, doc_s, "s", target=f"<= {ETA_TARGET_S}",
+               baseline_name="the partner's 12,500 s at the full cap",
+               note=f"{hms(day_plan.duration_s)} at {rate:.3f}/s (the lower of the two phases); target 3 h 34 min")
+    )
+    benchlib.report(f"cap use ({batches_n} batches per phase)", results, args.md)
+    (workdir / "summary.json").write_text(json.dumps({"phases": summaries, "naive": naive}, indent=1))
+    print(f"raw figures: {workdir / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The daily chain, per contract: a schedule extracts and snapshots yesterday's business
+date (GMT+8); when that run succeeds, a sensor fans out the date's batch ranges.
+
+Why a schedule plus a fan-out sensor:
+- Dagster has no dependency between runs. Upload runs requested by the schedule next to
+  the snapshot run would start before the snapshot exists and fail.
+- The fan-out waits for the snapshot run to *succeed*. A snapshot whose blocking
+  reject-share check failed is materialized but its run fails, so it never reaches the
+  partner.
+- Each (date, range) stays one run (6-7 s of overhead each; 32 a day is fine) under a run
+  key, so a repeated tick never starts a range twice; pools bound how many go at once.
+- Declarative automation (`AutomationCondition.eager()` on the uploaded asset) would fan
+  out too, but it fires on every snapshot update, including hand runs and backfills, and
+  the timetable would hide in a condition. Here the start time is one readable cron, and
+  a hand run joins the chain only when it carries FAN_OUT_TAG.
+"""
+
+from datetime import datetime, time, timedelta, timezone
+
+import dagster as dg
+
+from datahub_assets.contract import Contract
+from datahub_assets.partitions import DATE_DIM, PARTNER_TZ_NAME, RANGE_DIM, partner_today
+from datahub_assets.upload.batches import range_keys
+
+# The reference day (25M rows = 250,000 batches) takes 12,500 s (3 h 28 min) at the
+# partner's cap, so its uploads must begin by 06:31 GMT+8; 05:30 leaves an hour for the
+# extract, the snapshot and queueing.
+DEFAULT_START = time(5, 30)
+
+# On a run of extract + snapshot: "when this run succeeds, upload this dataset's ranges of
+# its date". The schedule sets it; add it by hand to a launched run to join the chain.
+FAN_OUT_TAG = "datahub/fan_out_uploads"
+FAN_OUT_INTERVAL_S = 30
+FAN_OUT_FIRST_LOOKBACK = timedelta(days=1)  # a newly started sensor ignores older runs
+
+
+def stage_key(contract: Contract, stage: str) -> dg.AssetKey:
+    """The asset key of a dataset's stage ("extract", "snapshot", "uploaded")."""
+    return dg.AssetKey(f"{contract.dataset}_{stage}")
+
+
+def business_date(now: datetime) -> str:
+    """The date being delivered: yesterday in GMT+8."""
+    return (partner_today(now) - timedelta(days=1)).isoformat()
+
+
+def build_daily_delivery_schedule(contract: Contract, *, start: time = DEFAULT_START) -> dg.ScheduleDefinition:
+    """Extract and snapshot the business date at `start` GMT+8: one schedule per contract,
+    since one run can only hold assets of one partitions definition (start dates differ)."""
+    stages = [stage_key(contract, "extract"), stage_key(contract, "snapshot")]
+
+    @dg.schedule(
+        name=f"{contract.dataset}_daily_schedule",
+        cron_schedule=f"{start.minute} {start.hour} * * *",
+        execution_timezone=PARTNER_TZ_NAME,
+        target=dg.AssetSelection.assets(*stages),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            f"Every day at {start:%H:%M} GMT+8: extract and snapshot yesterday's {contract.dataset}; "
+            f"{contract.dataset}_upload_fan_out_sensor then starts one upload run per batch range."
+        ),
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        day = business_date(context.scheduled_execution_time or datetime.now(timezone.utc))
+        if day < contract.start_date:
+            return dg.SkipReason(f"{day} is before the contract's start date {contract.start_date}")
+        return dg.RunRequest(
+            run_key=f"{contract.dataset}:{day}", partition_key=day, asset_selection=stages, tags={FAN_OUT_TAG: contract.dataset}
+        )
+
+    return _schedule
+
+
+def build_upload_fan_out_sensor(contract: Contract) -> dg.SensorDefinition:
+    """After each successful snapshot run tagged for this dataset: one upload run per
+    (date, range). One sensor per contract, for the same reason as the schedule."""
+    snapshot, uploaded = stage_key(contract, "snapshot"), stage_key(contract, "uploaded")
+
+    @dg.sensor(
+        name=f"{contract.dataset}_upload_fan_out_sensor",
+        minimum_interval_seconds=FAN_OUT_INTERVAL_S,
+        # The watching checks are reported by their own sensors, not run in every upload run.
+        target=dg.AssetSelection.assets(uploaded).without_checks(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Starts every batch range of a date once a run tagged {FAN_OUT_TAG}={contract.dataset} "
+            "has built its snapshot."
+        ),
+    )
+    def _fan_out(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        # The cursor is the update time of the last run handled: SUCCESS is final, so each
+        # run is seen once; the run keys make a repeat harmless anyway.
+        since = (
+            datetime.fromtimestamp(float(context.cursor), tz=timezone.utc)
+            if context.cursor
+            else datetime.now(timezone.utc) - FAN_OUT_FIRST_LOOKBACK
+        )
+        records = context.instance.get_run_records(
+            filters=dg.RunsFilter(
+                tags={FAN_OUT_TAG: contract.dataset}, statuses=[dg.DagsterRunStatus.SUCCESS], updated_after=since
+            ),
+            order_by="update_timestamp",
+            ascending=True,
+        )
+        requests = []
+        for record in records:
+            run = record.dagster_run
+            day = run.tags.get("dagster/partition")
+            built = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            if day is None or not any(e.asset_materialization.asset_key == snapshot for e in built):
+                context.log.warning("run %s carries %s but built no snapshot partition: no fan-out", run.run_id, FAN_OUT_TAG)
+                continue
+            requests += [
+                dg.RunRequest(
+                    run_key=f"{run.run_id}:{key}",
+                    partition_key=dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: key}),
+                    asset_selection=[uploaded],
+                    asset_check_keys=[],
+                )
+                for key in range_keys(contract.batch_ranges)
+            ]
+            context.log.info("fan out %s %s: %d upload runs", contract.dataset, day, contract.batch_ranges)
+        cursor = str(records[-1].update_timestamp.timestamp()) if records else context.cursor
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return _fan_out

@@ -1,0 +1,239 @@
+"""Stand-in for the partner's toolkit (genrsa.sh, auth.sh, gendk.sh) in one command.
+
+    python -m datahub_emulator.toolkit init --endpoint http://127.0.0.1:8765 \\
+        --out keys.properties --institution-id WALLET_01 --ant-institution-id ANT_01 \\
+        --contract datahub_assets/contracts/user_profile.yaml
+
+It creates the client's RSA key pair, a client id and a data key, writes them to
+keys.properties (mode 0600, atomically) and registers the client, its grants and the
+contracts' schemas with the endpoint. Run again, it reuses the keys and only
+re-registers, unless --rotate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+RSA_BITS = 2048
+DATA_KEY_BYTES = 32
+ID_COLUMN = "id"
+REGISTER_TIMEOUT_S = 10.0
+
+# Key order of the written file; these names are the protocol (docs/protocol.md).
+_FIELDS = (
+    "institutionId",
+    "antInstitutionId",
+    "clientId",
+    "clientPrivateKey",
+    "dataKeyId",
+    "dataKey",
+    "endpoint",
+)
+
+
+# What _new_keys creates; a reused file must hold all of them.
+_SECRET_FIELDS = ("clientId", "clientPrivateKey", "dataKeyId", "dataKey")
+
+
+@dataclass(frozen=True, slots=True)
+class KeysInfo:
+    """What init_keys did, without any secret."""
+
+    path: Path
+    client_id: str
+    data_key_id: str
+    data_uuids: tuple[str, ...]
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ContractSchema:
+    data_uuid: str
+    columns: dict[str, str]
+    required: tuple[str, ...]
+
+    def as_registration(self) -> dict[str, Any]:
+        return {"columns": self.columns, "required": list(self.required)}
+
+
+def load_contract_schema(path: Path) -> ContractSchema:
+    """The partner-facing schema of one contract YAML (data_uuid, columns, required)."""
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("data_uuid"), str):
+        raise ValueError(f"{path}: a contract needs a data_uuid")
+    columns: dict[str, str] = {}
+    required = {ID_COLUMN}  # the partner requires id in every row
+    for column in doc.get("columns") or []:
+        name, column_type = column["name"], column["type"]
+        columns[name] = column_type
+        if column.get("required"):
+            required.add(name)
+    if ID_COLUMN not in columns:
+        raise ValueError(f"{path}: a contract needs an {ID_COLUMN!r} column")
+    return ContractSchema(doc["data_uuid"], columns, tuple(sorted(required)))
+
+
+def init_keys(
+    *,
+    endpoint: str,
+    out: Path,
+    institution_id: str,
+    ant_institution_id: str,
+    contracts: Sequence[Path],
+    rotate: bool = False,
+) -> KeysInfo:
+    """Create (or reuse) the keys in `out` and register them with the endpoint."""
+    out = Path(out)
+    schemas = [load_contract_schema(path) for path in contracts]  # a bad contract writes nothing
+    created = rotate or not out.exists()
+    keys = _new_keys() if created else _existing_keys(out)
+    wanted = {
+        **keys,
+        "institutionId": institution_id,
+        "antInstitutionId": ant_institution_id,
+        "endpoint": endpoint.rstrip("/"),
+    }
+    if created or wanted != keys:
+        write_properties(out, wanted)
+    register(wanted, schemas)
+    return KeysInfo(
+        path=out,
+        client_id=wanted["clientId"],
+        data_key_id=wanted["dataKeyId"],
+        data_uuids=tuple(schema.data_uuid for schema in schemas),
+        created=created,
+    )
+
+
+def _existing_keys(path: Path) -> dict[str, str]:
+    keys = read_properties(path)
+    missing = [name for name in _SECRET_FIELDS if not keys.get(name)]
+    if missing:
+        # Names only: the values are secrets.
+        raise ValueError(f"{path} lacks {', '.join(missing)}; run again with --rotate")
+    return keys
+
+
+def _new_keys() -> dict[str, str]:
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    pkcs8 = private_key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return {
+        "clientId": secrets.token_hex(16),
+        "clientPrivateKey": _b64(pkcs8),
+        "dataKeyId": secrets.token_hex(16),
+        "dataKey": _b64(secrets.token_bytes(DATA_KEY_BYTES)),
+    }
+
+
+def public_key_b64(keys: Mapping[str, str]) -> str:
+    """The X.509 DER public key that matches the file's private key, base64."""
+    private_key = serialization.load_der_private_key(
+        base64.b64decode(keys["clientPrivateKey"]), password=None
+    )
+    der = private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _b64(der)
+
+
+def register(keys: Mapping[str, str], schemas: Sequence[ContractSchema]) -> None:
+    payload = {
+        "clientId": keys["clientId"],
+        "publicKey": public_key_b64(keys),
+        "institutionId": keys["institutionId"],
+        "antInstitutionId": keys["antInstitutionId"],
+        "dataKeyId": keys["dataKeyId"],
+        "dataKey": keys["dataKey"],
+        "grants": [schema.data_uuid for schema in schemas],
+        "schemas": {schema.data_uuid: schema.as_registration() for schema in schemas},
+    }
+    request = urllib.request.Request(
+        keys["endpoint"] + "/admin/register",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    # urlopen raises HTTPError on a 400; the endpoint's message names no secret.
+    with urllib.request.urlopen(request, timeout=REGISTER_TIMEOUT_S) as response:
+        response.read()
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """Read the simple key=value subset of Java properties that keys.properties uses."""
+    values: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def write_properties(path: Path, values: Mapping[str, str]) -> None:
+    """Write atomically with mode 0600: the file is never visible half-written or readable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ordered = [key for key in _FIELDS if key in values] + sorted(set(values) - set(_FIELDS))
+    text = "".join(f"{key}={values[key]}\n" for key in ordered)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m datahub_emulator.toolkit")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="create keys.properties and register it")
+    init.add_argument("--endpoint", required=True)
+    init.add_argument("--out", type=Path, required=True)
+    init.add_argument("--institution-id", required=True)
+    init.add_argument("--ant-institution-id", required=True)
+    init.add_argument("--contract", type=Path, action="append", required=True)
+    init.add_argument("--rotate", action="store_true", help="new keys even if the file exists")
+    args = parser.parse_args(argv)
+    info = init_keys(
+        endpoint=args.endpoint,
+        out=args.out,
+        institution_id=args.institution_id,
+        ant_institution_id=args.ant_institution_id,
+        contracts=args.contract,
+        rotate=args.rotate,
+    )
+    # Nothing secret: the path, the client id and the dataset ids only.
+    print(f"{'created' if info.created else 'reused'} keys in {info.path}")
+    print(f"clientId={info.client_id}")
+    print(f"registered {len(info.data_uuids)} dataset(s) with {args.endpoint}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Run part of a day in this process, as a run worker would (reliability tests).
+
+    python tests/reliability_worker.py CONTRACTS_DIR DATE [--prepare] [--ranges all|K,K]
+        [--config JSON]
+
+--prepare materializes the extract and the snapshot of DATE; --ranges then uploads the
+given batch ranges one run each. Resources come from the DATAHUB_* environment (the
+EnvVars of datahub_assets/definitions.py) and the instance from DAGSTER_HOME, as in
+production. Exits 1 if any run failed. Prints nothing itself: the tests read its
+stdout and stderr for leaked values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from datahub_assets.contract import load_contracts
+from datahub_assets.definitions import build_dataset_assets, build_resources
+from datahub_assets.partitions import DATE_DIM, RANGE_DIM
+from datahub_assets.upload.batches import range_keys
+
+
+def _resources_for(assets: list[dg.AssetsDefinition]) -> dict:
+    needed = set().union(*(a.required_resource_keys for a in assets))
+    return {k: v for k, v in build_resources().items() if k in needed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("contracts_dir", type=Path)
+    parser.add_argument("date")
+    parser.add_argument("--prepare", action="store_true")
+    parser.add_argument("--ranges", default="")
+    parser.add_argument("--config", default="{}", help="UploadConfig values, JSON")
+    args = parser.parse_args()
+
+    (contract,) = load_contracts(args.contracts_dir)
+    extract, snapshot, uploaded = (
+        a
+        for a in build_dataset_assets(args.contracts_dir)
+        if a.key.to_user_string().startswith(contract.dataset)
+    )
+    ok = True
+    with dg.DagsterInstance.get() as instance:
+        if args.prepare:
+            result = dg.materialize(
+                [extract, snapshot],
+                partition_key=args.date,
+                resources=_resources_for([extract, snapshot]),
+                instance=instance,
+                raise_on_error=False,
+            )
+            ok = ok and result.success
+        keys = range_keys(contract.batch_ranges) if args.ranges == "all" else [k for k in args.ranges.split(",") if k]
+        for key in keys:
+            result = dg.materialize(
+                [uploaded],
+                partition_key=dg.MultiPartitionKey({DATE_DIM: args.date, RANGE_DIM: key}),
+                resources=_resources_for([uploaded]),
+                instance=instance,
+                raise_on_error=False,
+                run_config={"ops": {uploaded.op.name: {"config": json.loads(args.config)}}},
+            )
+            ok = ok and result.success
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""The daily schedule, the fan-out and the watching sensors, against a real Dagster
+instance, a real SQLite ledger, real snapshot files and a real local HTTP receiver
+standing in for Slack and the webhook. The sensors' clock is frozen; nothing else is."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from datetime import time as clock_time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from dagster_graphql.test.utils import define_out_of_process_workspace, execute_dagster_graphql
+
+from datahub_assets.contract import load_contract
+from datahub_assets.definitions import build_dataset_assets, build_definitions
+from datahub_assets.extract.sources import LandingFiles, SourceDatabase
+from datahub_assets.extract.synthetic import generate, write_table
+from datahub_assets.lake import DataLake
+from datahub_assets.monitoring.notifier import Notifier
+from datahub_assets.monitoring.schedules import (
+    FAN_OUT_TAG,
+    build_daily_delivery_schedule,
+    build_upload_fan_out_sensor,
+)
+from datahub_assets.monitoring.sensors import (
+    AT_RISK,
+    FAILED,
+    LATE,
+    NOT_AT_RISK_CHECK,
+    NOT_FAILED_CHECK,
+    ON_TIME_CHECK,
+    Watch,
+    build_delivery_checks,
+    build_watch_sensor,
+)
+from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM
+from datahub_assets.upload.batches import batch_slice, range_keys
+from datahub_assets.upload.delivery_db import DeliveryDatabase, Ledger, create_delivery_engine, ledger_table
+from datahub_assets.upload.sdk import DataHubSdkResource
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONTRACTS_DIR = REPO_ROOT / "datahub_assets" / "contracts"
+CONTRACT = load_contract(CONTRACTS_DIR / "user_profile.yaml")
+UPLOADED = dg.AssetKey("user_profile_uploaded")
+KEYS = range_keys(CONTRACT.batch_ranges)
+DAY = "2026-11-25"  # business date; due 2026-11-26 10:00 GMT+8
+DAY_ROWS = 100_000  # 1,000 batches
+DAY_BATCHES = 1_000
+SLACK_TOKEN = "xoxb-test-token"
+
+
+def on_due_day(hour: int, minute: int) -> datetime:
+    """A time on the morning DAY is due, GMT+8."""
+    return datetime(2026, 11, 26, hour, minute, tzinfo=PARTNER_TZ)
+
+
+def range_of(batch_no: int) -> str:
+    return next(k for i, k in enumerate(KEYS) if batch_no in batch_slice(i, len(KEYS), DAY_BATCHES))
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server that answers every POST like Slack's API ({"ok": true})."""
+
+    url: str
+    posts: list[tuple[str, dict, dict]] = field(default_factory=list)  # (path, headers, JSON body)
+    refusing: list[bool] = field(default_factory=lambda: [False])  # answer 503 while True
+
+    def webhook_alerts(self) -> list[dict]:
+        return [body for path, _, body in self.posts if path == "/hook"]
+
+    def slack_messages(self) -> list[dict]:
+        return [body for path, _, body in self.posts if path == "/slack/chat.postMessage"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    posts: list[tuple[str, dict, dict]] = []
+    refusing = [False]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if refusing[0]:
+                self.send_error(503)
+                return
+            posts.append((self.path, dict(self.headers), json.loads(body)))
+            reply = b'{"ok": true, "channel": "C1", "ts": "1.0"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Receiver(f"http://127.0.0.1:{server.server_port}", posts, refusing)
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Platform:
+    """A Dagster instance, the lake, the ledger and the sensors' resources."""
+
+    instance: dg.DagsterInstance
+    lake: DataLake
+    ledger_engine: sa.Engine
+    resources: dict
+    tmp_path: Path
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_engine)
+
+    def write_snapshot(self, day: str, rows: int) -> None:
+        path = self.lake.snapshot_path(CONTRACT.dataset, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ids = [f"u{i:08d}" for i in range(rows)]
+        pl.DataFrame(
+            {"id": ids, "userName": ["name"] * rows, "userAge": ["30"] * rows, "screenWidth": ["390.5"] * rows}
+        ).write_parquet(path)
+
+    def record(self, day: str, batches: range | list[int], status: str = "S", code: str = "SUCCESS") -> None:
+        ledger = self.ledger
+        for n in batches:
+            ledger.mark_sending(CONTRACT.data_uuid, day, n, f"hash{n}")
+            ledger.record_result(CONTRACT.data_uuid, day, n, status, code, f"{n:010d}")
+
+    def pace_acks(self, day: str, seconds_per_batch: float) -> None:
+        """Spread the day's acknowledgements back from now, one every `seconds_per_batch`:
+        the measured rate the ledger reports becomes 1 / seconds_per_batch."""
+        t = ledger_table
+        now = time.time()
+        last = sa.select(sa.func.max(t.c.batch_no)).where(t.c.status == "S").scalar_subquery()
+        with self.ledger_engine.begin() as conn:
+            conn.execute(
+                sa.update(t)
+                .where(t.c.day == day, t.c.status == "S")
+                .values(acked_at=now - (last - t.c.batch_no) * seconds_per_batch)
+            )
+
+    def deliver(self, day: str, keys: list[str]) -> None:
+        """Record uploaded ranges as the asset would: one materialization per partition."""
+        for key in keys:
+            self.instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key=UPLOADED, partition=dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: key}))
+            )
+
+    def upload_run(self, day: str, key: str) -> dg.ExecuteInProcessResult:
+        """A real run of <dataset>_uploaded for one range; the JVM starts only if it has batches."""
+        keys_file = self.tmp_path / "keys.properties"
+        keys_file.write_text("")
+        keys_file.chmod(0o600)
+        return dg.materialize(
+            [build_dataset_assets(CONTRACTS_DIR)[2]],
+            partition_key=dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: key}),
+            instance=self.instance,
+            resources={
+                "lake": self.lake,
+                "delivery_db": self.resources["delivery_db"],
+                "sdk": DataHubSdkResource(classpath="never-started.jar", keys_path=str(keys_file)),
+            },
+            raise_on_error=False,
+        )
+
+    def settle(self) -> None:
+        """Let the latest materialization age past one second: SQLite keeps a check result's
+        time in whole seconds, so the sensor repeats a result reported sooner (see sensors.py)."""
+        time.sleep(1.1)
+
+    def tick(self, watch: Watch, now: datetime, cursor: str | None = None, lookback_days: int = 1) -> dg.SensorResult:
+        """One sensor tick at `now`; its check results are stored as the sensor daemon does."""
+        sensor = build_watch_sensor(watch, [CONTRACT], clock=lambda: now, lookback_days=lookback_days)
+        with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources) as context:
+            result = sensor(context)
+        for event in result.asset_events:
+            self.instance.report_runless_asset_event(event)
+        return result
+
+    def latest_check(self, check_name: str) -> dg.AssetCheckEvaluation:
+        record = self.instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(UPLOADED, check_name))
+        assert record is not None and record.event is not None
+        return record.event.asset_check_evaluation
+
+
+@pytest.fixture
+def platform(tmp_path: Path, receiver: Receiver) -> Iterator[Platform]:
+    ledger_url = f"sqlite:///{tmp_path / 'delivery.db'}"
+    lake = DataLake(root=str(tmp_path / "lake"))
+    resources = {
+        "delivery_db": DeliveryDatabase(url=ledger_url),
+        "lake": lake,
+        "notifier": Notifier(
+            slack_token=SLACK_TOKEN,
+            slack_channel="#datahub-alerts",
+            slack_api_url=f"{receiver.url}/slack/",
+            webhook_url=f"{receiver.url}/hook",
+            timeout_s=5,
+        ),
+    }
+    engine = create_delivery_engine(ledger_url)
+    with dg.instance_for_test() as instance:
+        yield Platform(instance, lake, engine, resources, tmp_path)
+    engine.dispose()
+
+
+def numbers_only(metadata: dict) -> bool:
+    return all(isinstance(v.value, int | float) and not isinstance(v.value, bool) for v in metadata.values())
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_batch", "at_risk"),
+    # 400 batches left at 09:00: at 0.1 batch/s they take 4,000 s (ETA 10:06:40); at 1/s, 400 s.
+    [(10.0, True), (1.0, False)],
+)
+def test_at_nine_with_forty_percent_left_the_measured_rate_decides_at_risk(
+    platform: Platform, receiver: Receiver, seconds_per_batch: float, at_risk: bool
+):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(600))
+    platform.pace_acks(DAY, seconds_per_batch)
+    done = [k for i, k in enumerate(KEYS) if batch_slice(i, len(KEYS), DAY_BATCHES).stop <= 600]
+    platform.deliver(DAY, done)
+
+    result = platform.tick(AT_RISK, on_due_day(9, 0))
+
+    (evaluation,) = result.asset_events
+    assert evaluation.check_name == NOT_AT_RISK_CHECK and evaluation.passed is not at_risk
+    assert platform.latest_check(NOT_AT_RISK_CHECK).passed is not at_risk
+    if not at_risk:
+        assert receiver.posts == []
+        return
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert numbers_only(evaluation.metadata)
+    assert meta["batches_total"] == DAY_BATCHES and meta["batches_remaining"] == 400
+    assert meta["rate_batches_per_s"] == pytest.approx(0.1, rel=0.05)
+    assert -450 < meta["slack_s"] < -350  # 3,600 s left, ~4,000 s of work
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    missing = [k for k in KEYS if k not in done]
+    assert meta["ranges_flagged"] == len(missing) == 13
+    (alert,) = receiver.webhook_alerts()
+    assert (alert["state"], alert["dataset"], alert["date"], alert["ranges"]) == ("at_risk", "user_profile", DAY, missing)
+    assert "ETA 10:06 GMT+8" in alert["text"] and alert["text"].endswith("Ranges: 19-31.")
+
+
+def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platform, receiver: Receiver):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(900))
+    platform.deliver(DAY, KEYS[:30])
+
+    before = platform.tick(LATE, on_due_day(9, 59))
+    assert [e.passed for e in before.asset_events] == [True] and receiver.posts == []
+
+    late = platform.tick(LATE, on_due_day(10, 1), before.cursor)
+    (evaluation,) = late.asset_events
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert numbers_only(evaluation.metadata)
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert (meta["ranges_missing"], meta["minutes_past_deadline"], meta["batches_remaining"]) == (2, 1, 100)
+    assert [a["ranges"] for a in receiver.webhook_alerts()] == [KEYS[30:]]
+
+    # The next ticks see the same late ranges: no new alert; once the materializations are
+    # settled, no new check result either.
+    again = platform.tick(LATE, on_due_day(10, 3), late.cursor)
+    assert len(receiver.webhook_alerts()) == 1 and all(not e.passed for e in again.asset_events)
+    platform.settle()
+    again = platform.tick(LATE, on_due_day(10, 4), again.cursor)
+    assert platform.tick(LATE, on_due_day(10, 5), again.cursor).asset_events == []
+
+    # Delivered: the check passes again, and nobody is told twice about anything.
+    platform.deliver(DAY, KEYS[30:])
+    done = platform.tick(LATE, on_due_day(10, 20), again.cursor)
+    assert [e.passed for e in done.asset_events] == [True]
+    assert platform.latest_check(ON_TIME_CHECK).passed
+    assert len(receiver.webhook_alerts()) == 1 and len(receiver.slack_messages()) == 1
+
+    # Days later the cursor forgets the date: it is no longer watched.
+    later = platform.tick(LATE, datetime(2026, 11, 29, 10, 1, tzinfo=PARTNER_TZ), done.cursor)
+    assert DAY not in later.cursor
+
+
+UI_CHECKS_QUERY = """
+query UploadedChecks($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks { name executionForLatestMaterialization { status evaluation { success description } } }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_the_ui_shows_each_sensor_result_on_the_uploaded_asset(platform: Platform):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.deliver(DAY, KEYS[:30])
+    definitions_file = str(REPO_ROOT / "datahub_assets" / "definitions.py")
+    with define_out_of_process_workspace(definitions_file, "defs", platform.instance) as workspace:
+
+        def shown() -> dict:
+            """What the asset's Checks tab shows, through the webserver's GraphQL."""
+            result = execute_dagster_graphql(
+                workspace.create_request_context(), UI_CHECKS_QUERY, {"key": {"path": UPLOADED.path}}
+            )
+            checks = result.data["assetNodeOrError"]["assetChecksOrError"]["checks"]
+            return {c["name"]: c["executionForLatestMaterialization"] for c in checks}
+
+        assert set(shown()) == {NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK}
+        late = platform.tick(LATE, on_due_day(10, 1))
+        assert shown()[ON_TIME_CHECK]["status"] == "FAILED"
+        assert "2 of 32 ranges not delivered" in shown()[ON_TIME_CHECK]["evaluation"]["description"]
+
+        # A range of another date lands (a real run; its day is empty, so nothing is sent):
+        # the UI hides results older than the latest materialization, so the sensor
+        # reports the unchanged result again.
+        platform.write_snapshot("2026-11-24", 0)
+        assert platform.upload_run("2026-11-24", KEYS[0]).success
+        assert shown()[ON_TIME_CHECK] is None
+        again = platform.tick(LATE, on_due_day(10, 3), late.cursor)
+        assert len(again.asset_events) == 1
+        platform.settle()
+        again = platform.tick(LATE, on_due_day(10, 4), again.cursor)
+        assert shown()[ON_TIME_CHECK]["status"] == "FAILED"
+        assert platform.tick(LATE, on_due_day(10, 5), again.cursor).asset_events == []
+
+
+def test_executing_the_checks_by_hand_evaluates_like_the_sensors(platform: Platform, receiver: Receiver):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.deliver(DAY, KEYS[:30])
+    checks = build_delivery_checks(CONTRACT, clock=lambda: on_due_day(10, 1), lookback_days=1)
+    resources = {k: platform.resources[k] for k in ("delivery_db", "lake")}
+
+    run = dg.materialize(
+        [checks], selection=dg.AssetSelection.checks(checks), instance=platform.instance, resources=resources
+    )
+
+    by_name = {e.check_name: e for e in run.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in by_name.items()} == {
+        NOT_FAILED_CHECK: True, ON_TIME_CHECK: False, NOT_AT_RISK_CHECK: True
+    }
+    (reported,) = platform.tick(LATE, on_due_day(10, 1)).asset_events
+    assert by_name[ON_TIME_CHECK].description == reported.description
+    assert by_name[ON_TIME_CHECK].metadata == reported.metadata
+    assert len(receiver.webhook_alerts()) == 1  # only the sensor notifies
+
+
+def test_a_date_whose_batches_are_all_acknowledged_is_not_late(platform: Platform, receiver: Receiver):
+    # Every batch S in the ledger (say a range run crashed after its last ack) counts as delivered.
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(DAY_BATCHES))
+    platform.deliver(DAY, KEYS[:31])
+
+    result = platform.tick(LATE, on_due_day(10, 1))
+
+    assert [e.passed for e in result.asset_events] == [True] and receiver.posts == []
+
+
+def test_a_refused_batch_fails_its_range_and_each_failure_is_alerted_once(platform: Platform, receiver: Receiver):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(200))
+    platform.record(DAY, [221], status="F", code="DATA_CHECK_FAILED")
+    assert range_of(221) == "07"
+
+    cursor = None
+    for minute in (0, 2, 4):  # three ticks, one state
+        result = platform.tick(FAILED, on_due_day(7, minute), cursor)
+        cursor = result.cursor
+    assert [a["ranges"] for a in receiver.webhook_alerts()] == [["07"]]
+    assert platform.latest_check(NOT_FAILED_CHECK).passed is False
+
+    # A second range fails later: one more alert, for that range only.
+    platform.record(DAY, [700], status="F", code="PARAM_ILLEGAL")
+    result = platform.tick(FAILED, on_due_day(7, 6), cursor)
+    platform.tick(FAILED, on_due_day(7, 8), result.cursor)
+
+    assert [a["ranges"] for a in receiver.webhook_alerts()] == [["07"], [range_of(700)]]
+    slack = receiver.slack_messages()
+    assert [m["channel"] for m in slack] == ["#datahub-alerts"] * 2
+    assert "FAILED" in slack[1]["text"] and f"Ranges: {range_of(700)}." in slack[1]["text"]
+    check = platform.latest_check(NOT_FAILED_CHECK)
+    assert {k: v.value for k, v in check.metadata.items()}["batches_failed"] == 2
+    # Only the Authorization header carries the token; no message carries an id or a secret.
+    assert all(h["Authorization"] == f"Bearer {SLACK_TOKEN}" for p, h, _ in receiver.posts if p.startswith("/slack/"))
+    for _, _, body in receiver.posts:
+        assert CONTRACT.data_uuid not in json.dumps(body) and SLACK_TOKEN not in json.dumps(body)
+
+
+def test_an_alert_the_receiver_refused_goes_out_on_the_next_tick(platform: Platform, receiver: Receiver):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, [40], status="F", code="PARAM_ILLEGAL")
+    platform.resources["notifier"] = Notifier(webhook_url=f"{receiver.url}/hook", timeout_s=5)
+    receiver.refusing[0] = True
+
+    with pytest.raises(urllib.error.HTTPError):
+        platform.tick(FAILED, on_due_day(7, 0))
+    receiver.refusing[0] = False
+    platform.tick(FAILED, on_due_day(7, 2))  # the failed tick left no cursor behind
+
+    assert [a["ranges"] for a in receiver.webhook_alerts()] == [[range_of(40)]]
+
+
+def test_a_failed_upload_run_fails_its_range(platform: Platform, receiver: Receiver):
+    # No snapshot for DAY: the upload run fails before sending anything.
+    assert not platform.upload_run(DAY, "05").success
+
+    result = platform.tick(FAILED, on_due_day(7, 0))
+
+    (evaluation,) = result.asset_events
+    assert not evaluation.passed
+    assert {k: v.value for k, v in evaluation.metadata.items()}["runs_failed"] == 1
+    assert [(a["state"], a["ranges"]) for a in receiver.webhook_alerts()] == [("failed", ["05"])]
+
+
+def test_a_disabled_notifier_sends_nothing(platform: Platform, receiver: Receiver):
+    platform.record(DAY, [3], status="F", code="PARAM_ILLEGAL")
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.resources["notifier"] = Notifier()
+
+    result = platform.tick(FAILED, on_due_day(7, 0))
+
+    assert [e.passed for e in result.asset_events] == [False] and receiver.posts == []
+    assert json.loads(result.cursor)["notified"] == [["user_profile", DAY, "00"]]
+
+
+def test_the_schedule_starts_yesterdays_extract_and_snapshot_in_gmt8():
+    schedule = build_daily_delivery_schedule(CONTRACT)
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 5 * * *", "Asia/Shanghai")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert build_daily_delivery_schedule(CONTRACT, start=clock_time(4, 5)).cron_schedule == "5 4 * * *"
+
+    # 05:30 GMT+8 on the 26th is 21:30 UTC on the 25th: the business date is the 25th.
+    tick = datetime(2026, 11, 25, 21, 30, tzinfo=timezone.utc)
+    defs = build_definitions()
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+        )
+        (request,) = defs.resolve_schedule_def("user_profile_daily_schedule").evaluate_tick(context).run_requests
+
+    assert request.partition_key == DAY
+    assert request.asset_selection == [dg.AssetKey("user_profile_extract"), dg.AssetKey("user_profile_snapshot")]
+    assert request.tags[FAN_OUT_TAG] == "user_profile"
+
+
+def test_a_successful_tagged_snapshot_run_fans_out_every_range_once(tmp_path: Path):
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    for day in (DAY, "2026-11-24", "2026-11-23"):
+        write_table(generate(500, day), source_url)
+    extract, snapshot, _ = build_dataset_assets(CONTRACTS_DIR)
+    resources = {
+        "lake": DataLake(root=str(tmp_path / "lake")),
+        "source_db": SourceDatabase(url=source_url),
+        "landing": LandingFiles(url=str(tmp_path / "landing")),
+    }
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("user_profile_upload_fan_out_sensor")
+    with dg.instance_for_test() as instance:
+        tagged = {FAN_OUT_TAG: "user_profile"}
+        for day, assets, tags in (
+            (DAY, [extract, snapshot], tagged),
+            ("2026-11-24", [extract, snapshot], {}),  # a hand run without the tag stays alone
+            ("2026-11-23", [extract], tagged),  # no snapshot built: nothing to upload
+        ):
+            run = dg.materialize(assets, partition_key=day, resources=resources, instance=instance, tags=tags)
+            assert run.success
+
+        # evaluate_tick resolves the requests against the definitions, as the daemon does.
+        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
+
+    assert sorted(r.partition_key for r in first.run_requests) == sorted(
+        dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: k}) for k in KEYS
+    )
+    assert all(r.asset_selection == [UPLOADED] and r.asset_check_keys == [] for r in first.run_requests)
+    assert len({r.run_key for r in first.run_requests}) == len(KEYS)
+    assert second.run_requests == []
+
+
+def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_path: Path):
+    # A second contract with another start date and range count: its assets have other
+    # partitions definitions, so nothing may target both contracts' assets at once.
+    demo = (CONTRACTS_DIR / "user_profile.yaml").read_text()
+    (tmp_path / "user_profile.yaml").write_text(demo)
+    (tmp_path / "device_profile.yaml").write_text(
+        demo.replace("dataset: user_profile", "dataset: device_profile")
+        .replace(CONTRACT.data_uuid, "0" * 32)
+        .replace('start_date: "2026-01-01"', 'start_date: "2026-06-01"')
+        .replace("batch_ranges: 32", "batch_ranges: 8")
+    )
+    defs = build_definitions(tmp_path)
+    dg.Definitions.validate_loadable(defs)
+
+    for dataset in ("user_profile", "device_profile"):
+        for check in (NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK):
+            assert defs.get_asset_checks_def(dg.AssetCheckKey(dg.AssetKey(f"{dataset}_uploaded"), check))
+    assert {s.name: s.default_status for s in defs.sensors} == dict.fromkeys(
+        [
+            "user_profile_upload_fan_out_sensor",
+            "device_profile_upload_fan_out_sensor",
+            "delivery_failed_sensor",
+            "delivery_late_sensor",
+            "delivery_at_risk_sensor",
+        ],
+        dg.DefaultSensorStatus.RUNNING,
+    )
+    assert sorted(s.name for s in defs.schedules) == ["device_profile_daily_schedule", "user_profile_daily_schedule"]
+
+
+def test_dagster_validates_the_definitions_without_any_setting(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAHUB_")}
+    env["DAGSTER_HOME"] = str(tmp_path)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "datahub_assets.definitions"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,265 @@
+"""Partner faults: unknown outcomes, lost acknowledgements, latency spikes, throttling,
+a 20 s outage and a permanent one, injected F results.
+
+Every fault is injected by the real endpoint (its admin API) while a real upload run
+sends through the stand-in SDK in this process's JVM. The invariants: every row is
+delivered once the faults pass; no batch is sent more often than UploadConfig.max_attempts;
+the ledger's attempts and the endpoint's receipts agree; a partition fails only when a
+batch's budget runs out (or the partner answers F), with a summary, and the failed
+sensor flags it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from day_fixtures import DAY, Day, endpoint_receipts, materialization_metadata, write_contract
+
+from datahub_assets.extract.synthetic import generate, write_table
+from datahub_assets.lake import DataLake
+from datahub_assets.monitoring.notifier import Notifier
+from datahub_assets.monitoring.sensors import FAILED, build_watch_sensor
+from datahub_assets.partitions import PARTNER_TZ, upload_partitions_def
+from datahub_assets.upload.delivery_db import DeliveryDatabase, create_delivery_engine, ledger_table
+from datahub_emulator.client import EmulatorProcess
+
+MAX_ATTEMPTS = 8  # UploadConfig's default budget per batch and run
+
+
+@pytest.fixture
+def make_day(tmp_path: Path, sdk_jar: Path, keys_file: Path) -> Iterator[Callable[..., Day]]:
+    """A prepared day of `rows` source rows in one batch range, on the given ledger and cap."""
+    with dg.instance_for_test() as instance:
+
+        def make(rows: int, delivery_url: str | None = None, limiter_cap: float = 20.0) -> Day:
+            contracts = write_contract(tmp_path / "contracts", batch_ranges=1)
+            url = delivery_url or f"sqlite:///{tmp_path / 'delivery.db'}"
+            day = Day(tmp_path, sdk_jar, keys_file, url, instance, contracts)
+            # A limiter below the partner's cap rules out THROTTLED answers where a test
+            # counts attempts exactly.
+            day.resources["delivery_db"] = DeliveryDatabase(url=url, cap_per_second=limiter_cap)
+            write_table(generate(rows, DAY, seed=5), day.source_url)
+            day.prepare()
+            return day
+
+        yield make
+
+
+def acked(day: Day) -> int:
+    engine = create_delivery_engine(day.delivery_url)
+    try:
+        with engine.connect() as conn:
+            t = ledger_table
+            return conn.execute(sa.select(sa.func.count()).where(t.c.status == "S")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def wait_for_acks(day: Day, n: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while acked(day) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} batches acknowledged in {timeout_s} s"
+        time.sleep(0.02)
+
+
+def trace_ids(day: Day) -> dict[int, str]:
+    engine = create_delivery_engine(day.delivery_url)
+    try:
+        with engine.connect() as conn:
+            t = ledger_table
+            return {n: trace for n, trace in conn.execute(sa.select(t.c.batch_no, t.c.trace_id))}
+    finally:
+        engine.dispose()
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.error.message
+
+
+def assert_ledger_and_partner_agree(day: Day, endpoint: EmulatorProcess) -> dict:
+    """Every row delivered once; budgets held; ledger attempts == endpoint receipts."""
+    total = -(-day.snapshot_frame().height // 100)
+    ledger = day.ledger()
+    receipts = endpoint_receipts(endpoint.db_path)
+    ids = day.snapshot_frame()["id"].to_list()
+    reconciliation = endpoint.reconcile(day.contract.data_uuid, ids)
+    assert (reconciliation["missing"], reconciliation["unexpected"], reconciliation["stored"]) == (0, 0, len(ids))
+    assert set(ledger) == set(range(total)) and {e.status for e in ledger.values()} == {"S"}
+    attempts = [e.attempts for e in ledger.values()]
+    assert max(attempts) <= MAX_ATTEMPTS
+    # Every attempt the ledger counts reached the partner once, and nothing else did.
+    assert sum(attempts) == len(receipts)
+    s_receipts = {r["trace_id"] for r in receipts if r["status"] == "S"}
+    assert len(s_receipts) == total  # each batch acknowledged exactly once
+    assert set(trace_ids(day).values()) == s_receipts
+    return {
+        "batches": total,
+        "requests": len(receipts),
+        "by_code": dict(Counter(f"{r['status']}/{r['code']}" for r in receipts)),
+        "max_attempts_seen": max(attempts),
+        "rows_missing": reconciliation["missing"],
+        "rows_unexpected": reconciliation["unexpected"],
+    }
+
+
+def test_unknown_outcomes_lost_acks_latency_spikes_and_throttling_lose_nothing(make_day, datahub_endpoint):
+    day = make_day(6_000)  # 60 batches
+    datahub_endpoint.faults(u_rate=0.1, lost_ack_rate=0.05)
+    phases: dict[str, int] = {}
+
+    def chaos() -> None:
+        # Driven by progress, so each phase falls while batches are still being sent.
+        wait_for_acks(day, 10)
+        phases["spike_at_acks"] = acked(day)
+        datahub_endpoint.faults(latency_ms={"median": 2000, "jitter": 0})
+        time.sleep(2.5)
+        # The partner's cap drops below the limiter's 20/s: a share of requests is throttled.
+        phases["throttle_at_acks"] = acked(day)
+        datahub_endpoint.faults(latency_ms={"median": 0, "jitter": 0}, cap=10)
+        time.sleep(3.0)
+        phases["end_at_acks"] = acked(day)
+        datahub_endpoint.faults(cap=20)
+
+    thread = threading.Thread(target=chaos)
+    thread.start()
+    try:
+        result = day.upload_range("0", {"retry_base_delay_s": 0.2})
+    finally:
+        thread.join()
+
+    assert result.success
+    meta = materialization_metadata(result, day.uploaded)
+    assert meta["batches_failed"] == 0
+    figures = assert_ledger_and_partner_agree(day, datahub_endpoint)
+    # Both phases fell while batches were still being sent.
+    assert phases["spike_at_acks"] < figures["batches"] and phases["throttle_at_acks"] < figures["batches"], phases
+    codes = figures["by_code"]
+    assert codes.get("U/THROTTLED", 0) >= 1 and codes.get("U/UNKNOWN_EXCEPTION", 0) >= 1, codes
+    assert meta["throttled"] == codes["U/THROTTLED"]
+    assert meta["retries"] == figures["requests"] - figures["batches"]
+    # Lost acknowledgements: stored, answered U, re-sent, upserted (no duplicate rows).
+    receipts = endpoint_receipts(datahub_endpoint.db_path)
+    lost_acks = sum(1 for r in receipts if r["status"] == "U" and r["rows"])
+    assert sum(1 for r in receipts if r["rows"]) == figures["batches"] + lost_acks
+    print("RELIABILITY faults", json.dumps({**figures, **phases, "lost_acks": lost_acks}))
+
+
+def test_a_20_s_outage_is_ridden_out_within_the_retry_budget(make_day, datahub_endpoint, pg_url):
+    # Backoff with base 0.5 s (equal jitter, cap 30 s): the 7 waits of an 8-attempt budget
+    # sum to at least 0.25+0.5+1+2+4+8+15 = 30.75 s, longer than the outage.
+    day = make_day(3_000, pg_url)  # 30 batches, ledger on PostgreSQL
+    window: dict[str, float] = {}
+
+    def outage() -> None:
+        wait_for_acks(day, 5)
+        window["acks_at_start"] = acked(day)
+        window["start"] = time.time()
+        window["end"] = window["start"] + 20.0
+        datahub_endpoint.faults(outages=[{"start": window["start"], "end": window["end"]}])
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    try:
+        result = day.upload_range("0", {"retry_base_delay_s": 0.5})
+    finally:
+        thread.join()
+
+    assert result.success
+    figures = assert_ledger_and_partner_agree(day, datahub_endpoint)
+    receipts = endpoint_receipts(datahub_endpoint.db_path)
+    during = [r for r in receipts if window["start"] <= r["arrived_at"] < window["end"]]
+    assert during and {(r["status"], r["code"]) for r in during} <= {("U", "UNKNOWN_EXCEPTION"), ("U", "THROTTLED")}
+    assert window["acks_at_start"] < figures["batches"]
+    assert max(r["arrived_at"] for r in receipts if r["status"] == "S") >= window["end"]
+    assert figures["max_attempts_seen"] >= 3  # some batch really rode through the outage
+    print("RELIABILITY outage", json.dumps({**figures, "requests_during_outage": len(during),
+                                              "acks_at_outage_start": window["acks_at_start"]}))  # fmt: skip
+
+
+def failed_sensor_tick(day: Day) -> dg.AssetCheckEvaluation:
+    """One tick of the failed sensor on the morning the day is due, as the daemon runs it."""
+    now = datetime(2026, 11, 27, 8, 0, tzinfo=PARTNER_TZ)
+    sensor = build_watch_sensor(FAILED, [day.contract], clock=lambda: now, lookback_days=1)
+    resources = {
+        "delivery_db": DeliveryDatabase(url=day.delivery_url),
+        "lake": DataLake(root=day.lake.root),
+        "notifier": Notifier(),  # no channel configured: sends nothing
+    }
+    with dg.build_sensor_context(instance=day.instance, resources=resources) as context:
+        result = sensor(context)
+    (evaluation,) = result.asset_events
+    return evaluation
+
+
+def test_a_permanent_outage_fails_the_partition_only_when_the_budget_runs_out(make_day, datahub_endpoint):
+    day = make_day(500, limiter_cap=10)  # 5 batches
+    now = time.time()
+    datahub_endpoint.faults(outages=[{"start": now - 1, "end": now + 3600}])
+
+    result = day.upload_range("0", {"max_attempts": 2}, raise_on_error=False)
+
+    assert not result.success
+    message = failure_message(result)
+    assert f"5 of 5 batches of range 0 ({DAY}) did not succeed: UNKNOWN_EXCEPTION x5" in message
+    ledger = day.ledger()
+    assert {(e.status, e.result_code, e.attempts) for e in ledger.values()} == {("U", "UNKNOWN_EXCEPTION", 2)}
+    receipts = endpoint_receipts(datahub_endpoint.db_path)
+    assert len(receipts) == 10 and {r["code"] for r in receipts} == {"UNKNOWN_EXCEPTION"}
+    status = day.instance.get_status_by_partition(
+        day.uploaded.key, [day.partition_key("0")], upload_partitions_def(day.contract)
+    )
+    assert status == {day.partition_key("0"): dg.AssetPartitionStatus.FAILED}
+    flagged = failed_sensor_tick(day)
+    assert not flagged.passed
+    assert {k: v.value for k, v in flagged.metadata.items()}["runs_failed"] == 1
+
+    # The partner comes back: a rerun sends the batches left U, and the flag clears.
+    datahub_endpoint.faults(outages=[])
+    rerun = day.upload_range("0", {"max_attempts": 2})
+    assert rerun.success
+    assert {(e.status, e.attempts) for e in day.ledger().values()} == {("S", 3)}
+    assert failed_sensor_tick(day).passed
+    print("RELIABILITY permanent_outage", json.dumps({"batches": 5, "requests": len(receipts), "message": message[-120:]}))
+
+
+def test_an_f_answer_fails_only_its_batch_and_is_never_retried(make_day, datahub_endpoint):
+    day = make_day(2_000, limiter_cap=10)  # 20 batches
+    datahub_endpoint.faults(f_rate=0.25)
+
+    result = day.upload_range("0", raise_on_error=False)
+
+    ledger = day.ledger()
+    refused = {n for n, e in ledger.items() if e.status == "F"}
+    assert refused and len(refused) < 20
+    assert not result.success
+    assert f"did not succeed: DATA_CHECK_FAILED x{len(refused)}" in failure_message(result)
+    assert {ledger[n].attempts for n in refused} == {1}  # F is final: never retried
+    assert {e.status for n, e in ledger.items() if n not in refused} == {"S"}
+    receipts = endpoint_receipts(datahub_endpoint.db_path)
+    assert len(receipts) == sum(e.attempts for e in ledger.values())
+    flagged = failed_sensor_tick(day)
+    assert {k: v.value for k, v in flagged.metadata.items()}["batches_failed"] == len(refused)
+
+    # Once the cause is fixed, a rerun re-sends only the refused batches.
+    datahub_endpoint.faults(f_rate=0.0)
+    assert day.upload_range("0").success
+    assert len(endpoint_receipts(datahub_endpoint.db_path)) - len(receipts) == len(refused)
+    assert_ledger_and_partner_agree_after_f(day, datahub_endpoint)
+    print("RELIABILITY f_answers", json.dumps({"batches": 20, "refused": len(refused)}))
+
+
+def assert_ledger_and_partner_agree_after_f(day: Day, endpoint: EmulatorProcess) -> None:
+    ids = day.snapshot_frame()["id"].to_list()
+    reconciliation = endpoint.reconcile(day.contract.data_uuid, ids)
+    assert (reconciliation["missing"], reconciliation["unexpected"]) == (0, 0)
+    assert {e.status for e in day.ledger().values()} == {"S"}
