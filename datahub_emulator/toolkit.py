@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from datahub_assets.contract import load_contract
+
 RSA_BITS = 2048
 DATA_KEY_BYTES = 32
-ID_COLUMN = "id"
 REGISTER_TIMEOUT_S = 10.0
 
 # Key order of the written file; these names are the protocol (docs/protocol.md).
@@ -70,20 +70,10 @@ class ContractSchema:
 
 
 def load_contract_schema(path: Path) -> ContractSchema:
-    """The partner-facing schema of one contract YAML (data_uuid, columns, required)."""
-    doc = yaml.safe_load(Path(path).read_text())
-    if not isinstance(doc, dict) or not isinstance(doc.get("data_uuid"), str):
-        raise ValueError(f"{path}: a contract needs a data_uuid")
-    columns: dict[str, str] = {}
-    required = {ID_COLUMN}  # the partner requires id in every row
-    for column in doc.get("columns") or []:
-        name, column_type = column["name"], column["type"]
-        columns[name] = column_type
-        if column.get("required"):
-            required.add(name)
-    if ID_COLUMN not in columns:
-        raise ValueError(f"{path}: a contract needs an {ID_COLUMN!r} column")
-    return ContractSchema(doc["data_uuid"], columns, tuple(sorted(required)))
+    """The partner-facing schema of one data contract (data_uuid, columns, required)."""
+    contract = load_contract(Path(path))
+    schema = contract.endpoint_schema()
+    return ContractSchema(contract.data_uuid, schema["columns"], tuple(sorted(schema["required"])))
 
 
 def init_keys(
