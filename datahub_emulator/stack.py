@@ -33,6 +33,10 @@ class LocalStack:
             "DATAHUB_SDK_CLASSPATH": str(SDK_JAR),
             "DATAHUB_KEYS_PATH": str(self.root / "keys" / "keys.properties"),
             "DATAHUB_DELIVERY_DB_URL": f"sqlite:///{self.root / 'delivery.db'}",
+            # Alerts: empty disables a channel (see the README to turn them on).
+            "DATAHUB_SLACK_TOKEN": "",
+            "DATAHUB_SLACK_CHANNEL": "",
+            "DATAHUB_ALERT_WEBHOOK_URL": "",
         }
 
 

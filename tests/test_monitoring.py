@@ -261,7 +261,7 @@ def test_at_nine_with_forty_percent_left_the_measured_rate_decides_at_risk(
 
 def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platform, receiver: Receiver):
     platform.write_snapshot(DAY, DAY_ROWS)
-    platform.record(DAY, range(900))
+    platform.record(DAY, range(batch_slice(29, len(KEYS), DAY_BATCHES).stop))  # ranges 00-29: 937 batches
     platform.deliver(DAY, KEYS[:30])
 
     before = platform.tick(LATE, on_due_day(9, 59))
@@ -272,7 +272,7 @@ def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platfor
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert numbers_only(evaluation.metadata)
     meta = {k: v.value for k, v in evaluation.metadata.items()}
-    assert (meta["ranges_missing"], meta["minutes_past_deadline"], meta["batches_remaining"]) == (2, 1, 100)
+    assert (meta["ranges_missing"], meta["minutes_past_deadline"], meta["batches_remaining"]) == (2, 1, 63)
     assert [a["ranges"] for a in receiver.webhook_alerts()] == [KEYS[30:]]
 
     # The next ticks see the same late ranges: no new alert; once the materializations are

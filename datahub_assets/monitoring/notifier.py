@@ -79,7 +79,7 @@ class Notifier(dg.ConfigurableResource):
         """
         if self.slack_token and self.slack_channel:
             client = SlackResource(token=self.slack_token).get_client()
-            client.base_url = self.slack_api_url
+            client.base_url = self.slack_api_url  # SlackResource configures only the token
             client.timeout = max(1, round(self.timeout_s))
             client.chat_postMessage(channel=self.slack_channel, text=alert.text())  # raises SlackApiError
         if self.webhook_url:
