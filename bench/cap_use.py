@@ -1,7 +1,7 @@
 """Cap use: how much of the partner's 20 batches/s the platform's real upload path uses.
 
     .venv/bin/python bench/cap_use.py            # 2,400 batches per phase (about 7 min)
-    .venv/bin/python bench/cap_use.py --small    # 200 batches per phase, CI smoke run (< 60 s)
+    .venv/bin/python bench/cap_use.py --small    # 120 batches per phase, CI smoke run (< 60 s)
 
 The local endpoint runs with the partner's cap (20 per sliding second) and 150 ms median
 latency +- 50 ms jitter. The same snapshot batches (synthetic rows -> conform ->
@@ -130,6 +130,10 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         "seconds_with_arrivals": len(per_second),
         "client_cpu_ms_per_batch": 1000 * sum(r["cpu_s"] for r in results) / max(sent, 1),
         "late_retakes": sum(r.get("late_retakes") or 0 for r in results),
+        "cpu_by_thread_ms_per_batch": {
+            k: round(1000 * sum(r["cpu_by_thread_s"].get(k, 0.0) for r in results) / max(sent, 1), 3)
+            for k in sorted({k for r in results for k in r["cpu_by_thread_s"]})
+        },
         "cold_first_call_s": max((w for w in warm_s if w is not None), default=None),
     }
     summary["rate_over_cap"] = summary["rate"] / cap
@@ -202,9 +206,9 @@ def hms(seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="200 batches a phase: a CI smoke run")
-    parser.add_argument("--batches", type=int, default=None, help="per phase; default 2400 (200 with --small)")
-    parser.add_argument("--naive-batches", type=int, default=None, help="default: --batches (80 with --small)")
+    parser.add_argument("--small", action="store_true", help="120 batches a phase: a CI smoke run")
+    parser.add_argument("--batches", type=int, default=None, help="per phase; default 2400 (120 with --small)")
+    parser.add_argument("--naive-batches", type=int, default=None, help="default: --batches (40 with --small)")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="per process; default UploadConfig's")
     parser.add_argument("--cap", type=int, default=20)
@@ -218,8 +222,8 @@ def main() -> None:
     parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
     args = parser.parse_args()
 
-    batches_n = args.batches or (200 if args.small else 2400)
-    naive_n = args.naive_batches or (80 if args.small else batches_n)
+    batches_n = args.batches or (120 if args.small else 2400)
+    naive_n = args.naive_batches or (40 if args.small else batches_n)
     cap = args.cap
     # Each phase is bounded: twice the time the cap allows, plus start-up slack.
     phase_timeout = 2 * batches_n / cap + 120

@@ -28,30 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from benchlib import Result  # noqa: E402
+from benchlib import Result, thread_cpu, thread_cpu_diff  # noqa: E402
 
 DAY = "2026-11-26"
 OPEN_CAP = 100_000
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds of this process's threads, grouped by thread name (digits dropped)."""
-    out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        name = "".join(c for c in name if not c.isdigit()).rstrip("-# ") or "?"
-        fields = stat.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0.005}
 
 
 def cpu_per_call(fn, n: int) -> float:
@@ -67,9 +47,12 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="600 batches: a CI smoke run")
     parser.add_argument("--batches", type=int, default=None, help="default 3000 (600 with --small)")
     parser.add_argument("--threads", type=int, default=None, help="default UploadConfig's")
+    parser.add_argument("--warmup", type=int, default=None, help="batches sent first, untimed (JIT); default 1500 (300 with --small)")
+    parser.add_argument("--jvm-option", action="append", default=[], help="passed to DataHubSdkResource.jvm_options")
     parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
     args = parser.parse_args()
     n = args.batches or (600 if args.small else 3000)
+    warm_n = args.warmup if args.warmup is not None else (300 if args.small else 1500)
     workdir = Path(tempfile.mkdtemp(prefix="bench-client-cost-"))
     print(f"client cost: {n} batches, cap lifted; {benchlib.machine_facts()}; workdir {workdir}", flush=True)
 
@@ -82,8 +65,8 @@ def main() -> None:
 
     jar = benchlib.build_sdk_jar()
     # Two sets of batches with distinct ids: the warm-up/baseline set and the measured set.
-    contract, _, batches = benchlib.make_snapshot_batches(workdir, 2 * n + 50, DAY)
-    warmup, base_set, platform_set = batches[:50], batches[50 : 50 + n], batches[50 + n :]
+    contract, _, batches = benchlib.make_snapshot_batches(workdir, 2 * n + warm_n, DAY)
+    warmup, base_set, platform_set = batches[:warm_n], batches[warm_n : warm_n + n], batches[warm_n + n :]
     threads = args.threads or UploadConfig().threads
 
     with benchlib.scratch_database("datahub_bench_cost") as url, benchlib.endpoint_with_keys(
@@ -91,7 +74,7 @@ def main() -> None:
     ) as (endpoint, keys):
         delivery_db = DeliveryDatabase(url=url, cap_per_second=OPEN_CAP)
         ledger, limiter = delivery_db.ledger(), delivery_db.limiter()
-        sdk = DataHubSdkResource(classpath=str(jar), keys_path=str(keys))
+        sdk = DataHubSdkResource(classpath=str(jar), keys_path=str(keys), jvm_options=args.jvm_option)
         client = sdk._open_client()  # JVM start: once per process, not counted
 
         def upload(rows):
@@ -104,8 +87,11 @@ def main() -> None:
                 progress_every_s=3600,
             )
 
-        # Warm the JIT, the HTTP connections and the ledger's connection pool first.
+        # Warm the JIT (C2 keeps compiling for about a thousand calls), the HTTP
+        # connections and the ledger's connection pool first: a day is 250,000 batches.
+        t_warm = time.perf_counter()
         sender("2026-11-01").send(warmup)
+        print(f"  warm-up: {warm_n} batches in {time.perf_counter() - t_warm:.1f} s (not timed)", flush=True)
 
         # Baseline: the bare SDK call, sequential (what a user writes first).
         endpoint.reset()
@@ -123,7 +109,7 @@ def main() -> None:
         report = sender(DAY).send(platform_set)
         wall, cpu = time.perf_counter() - w0, benchlib.cpu_s() - c0
         ep = benchlib.proc_cpu_s(endpoint.pid) - ep0
-        by_thread = diff(thread_cpu(), t0)
+        by_thread = thread_cpu_diff(thread_cpu(), t0)
         assert report.batches_sent == n, report
 
         # Breakdown: each piece alone, CPU per call (single thread, so no contention).

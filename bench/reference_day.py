@@ -103,6 +103,34 @@ def step_conform(extract_dir: str, snapshot: str, quarantine: str) -> dict:
     )
 
 
+def step_validate_only(extract_dir: str, out_file: str) -> dict:
+    """A floor for the conform: only the per-value checks and canonical forms, no sort."""
+    import polars as pl
+
+    from datahub_assets.contract import load_contract
+    from datahub_assets.snapshot import conform as c
+
+    contract = load_contract(benchlib.CONTRACT_PATH)
+    pairs = [c._canonical_and_reason(col, contract.max_value_bytes) for col in contract.columns]
+    started = time.perf_counter()
+    (
+        pl.scan_parquet(Path(extract_dir) / "*.parquet")
+        .with_row_index(c.SOURCE_ROW)
+        .with_columns(*[v for v, _ in pairs], pl.concat_str([r for _, r in pairs], separator="; ", ignore_nulls=True).alias(c.REASON))
+        .sink_parquet(out_file)
+    )
+    return _step_result(started)
+
+
+def step_sort_only(snapshot: str, out_file: str) -> dict:
+    """A floor for the conform: sorting the finished snapshot by id again, nothing else."""
+    import polars as pl
+
+    started = time.perf_counter()
+    pl.scan_parquet(snapshot).sort("id").sink_parquet(out_file)
+    return _step_result(started)
+
+
 def in_child(fn, *args) -> dict:
     """Run one step in a fresh spawned process (its own peak RSS), bounded in time."""
     ctx = mp.get_context("spawn")
@@ -147,7 +175,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default /tmp/datahub-refday[-small]")
     parser.add_argument("--regenerate", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each timed step; the fastest counts")
-    parser.add_argument("--steps", default="extract,conform", help="comma-separated subset of extract,conform")
+    parser.add_argument("--steps", default="extract,conform,floors",
+                        help="comma-separated subset of extract,conform,floors (floors: the conform's parts alone)")
     parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
     args = parser.parse_args()
 
@@ -215,6 +244,17 @@ def main() -> None:
                    baseline_name="pl.scan_parquet(extract).sink_parquet(out)"),
             Result("conform: peak RSS", conformed["peak_rss_mb"], polars_copy["peak_rss_mb"], "MB",
                    target=f"<= {limit_mb:g}", baseline_name="the polars copy's process"),
+        ]
+    if "floors" in steps and "conform" in steps:
+        scratch = workdir / "floor.parquet"
+        validate = best(step_validate_only, str(extract_dir), str(scratch))
+        resort = best(step_sort_only, str(snapshot), str(scratch))
+        scratch.unlink(missing_ok=True)
+        results += [
+            Result("conform floor: validation pass alone", validate["seconds"], polars_copy["seconds"], "s",
+                   baseline_name="the polars copy", note="canonical forms + reasons of every value, no sort"),
+            Result("conform floor: sort by id alone", resort["seconds"], polars_copy["seconds"], "s",
+                   baseline_name="the polars copy", note="re-sorting the finished snapshot, nothing else"),
         ]
     benchlib.report(f"reference day ({rows:,} rows)", results, args.md)
     if not args.small:

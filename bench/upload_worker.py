@@ -106,9 +106,12 @@ def main() -> None:
     if not 0 <= go - time.time() <= GO_TIMEOUT_S:
         raise SystemExit("go time out of range")
     time.sleep(max(0.0, go - time.time()))
-    cpu0, wall0 = benchlib.cpu_s(), time.time()
+    cpu0, wall0, threads0 = benchlib.cpu_s(), time.time(), benchlib.thread_cpu()
     report = sender.send(batches)
     ended, cpu1 = time.time(), benchlib.cpu_s()
+    by_thread = benchlib.thread_cpu_diff(benchlib.thread_cpu(), threads0)
+    # Threads that ended inside send() (the upload pool) are gone from /proc: the rest is theirs.
+    by_thread["upload pool threads (ended)"] = max(0.0, (cpu1 - cpu0) - sum(by_thread.values()))
     result = {
         "first": args.first,
         "stop": args.stop,
@@ -127,6 +130,7 @@ def main() -> None:
         "seconds": report.seconds,
         "failed_codes": dict(report.failed_codes),
         "warm_s": warm_s,
+        "cpu_by_thread_s": by_thread,
         "late_retakes": getattr(limiter, "late_retakes", None),
     }
     if args.trace:

@@ -17,6 +17,9 @@ import pytest
 from datahub_emulator.client import EmulatorProcess
 from datahub_emulator.toolkit import init_keys, load_contract_schema
 
+# Fixture modules beside this file (tests/ is on pythonpath, see pyproject.toml).
+pytest_plugins = ["platform_fixtures", "sftp_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USER_PROFILE_CONTRACT = REPO_ROOT / "datahub_assets" / "contracts" / "user_profile.yaml"
 BUILD_SDK_SCRIPT = REPO_ROOT / "scripts" / "build_sdk.sh"

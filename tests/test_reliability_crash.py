@@ -72,6 +72,20 @@ def crash_stack(tmp_path_factory: pytest.TempPathFactory, sdk_jar: Path) -> Iter
         yield CrashStack(root, endpoint, keys_file, contracts, sdk_jar, source["user_id"].to_list())
 
 
+def wait_until_quiet(endpoint: EmulatorProcess, quiet_s: float = 0.3, timeout_s: float = 10.0) -> None:
+    """Until the endpoint's receipts stop growing for quiet_s."""
+    deadline = time.monotonic() + timeout_s
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = len(endpoint_receipts(endpoint.db_path))
+        if n != seen:
+            seen, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the endpoint kept receiving requests after the worker died")
+
+
 def _ledger_counts(engine: sa.Engine) -> tuple[int, int]:
     """(rows, rows acknowledged S) in the ledger."""
     t = ledger_table
@@ -127,7 +141,7 @@ def test_sigkill_at_a_random_point_loses_nothing_and_resends_only_what_was_in_fl
                 worker.kill()
                 worker.wait()
             log.close()
-        time.sleep(0.3)  # let the endpoint answer requests that arrived before the kill
+        wait_until_quiet(endpoint)  # requests the dead worker had fully sent are still answered
 
         at_kill = day.ledger()
         receipts_at_kill = endpoint_receipts(endpoint.db_path)

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from day_fixtures import DAY, Day, write_contract
 
 from datahub_assets.extract.synthetic import write_table
+from datahub_assets.upload.sdk import DataHubSdkResource
 from datahub_emulator.toolkit import read_properties
 
 WORKER = Path(__file__).with_name("reliability_worker.py")
@@ -73,6 +74,15 @@ def database_text(url: str) -> dict[str, str]:
                 t: conn.execute(sa.text(f'SELECT coalesce(string_agg(x::text, E\'\\n\'), \'\') FROM "{t}" x')).scalar_one()
                 for t in tables
             }
+    finally:
+        engine.dispose()
+
+
+def event_log_rows(url: str) -> int:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM event_logs")).scalar_one()
     finally:
         engine.dispose()
 
@@ -130,6 +140,9 @@ def test_a_delivered_day_leaves_no_raw_value_and_no_secret_behind(
     assert compute_logs, sorted(home_files)
     assert b"extracted" in run.stderr  # the run's log lines are in its stderr
 
+    # The search finds what is there: the source database holds the values in clear.
+    source_db = Path(day.source_url.removeprefix("sqlite:///")).read_bytes()
+    assert len(hits(values, {"source": source_db})) == len(values)
     outputs = {"stdout": run.stdout, "stderr": run.stderr}
     places = {**{f"postgres:{t}": v for t, v in database.items()}, **{f"DAGSTER_HOME/{p}": v for p, v in home_files.items()}, **outputs}
     assert hits(values, places) == []
@@ -144,7 +157,7 @@ def test_a_delivered_day_leaves_no_raw_value_and_no_secret_behind(
         json.dumps(
             {
                 "values_searched": len(values), "secrets_searched": len(secret_needles(keys_file)),
-                "event_log_rows": database["event_logs"].count("\n") + 1, "tables": len(database),
+                "event_log_rows": event_log_rows(pg_url), "tables": len(database),
                 "dagster_home_files": len(home_files), "compute_log_files": len(compute_logs),
                 "stdout_bytes": len(run.stdout), "stderr_bytes": len(run.stderr),
                 "endpoint_files": sorted(endpoint_files), "hits": 0,
@@ -185,7 +198,7 @@ def test_a_keys_file_others_can_read_or_a_missing_one_stops_the_upload_before_an
             assert str(keys_file) in cause.message and f"mode {mode:o}" in cause.message and "chmod 600" in cause.message
             assert hits(secret_needles(keys_file), {"error": error.to_string()}) == []
 
-        day.resources["sdk"] = day.resources["sdk"].model_copy(update={"keys_path": str(missing)})
+        day.resources["sdk"] = DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(missing))
         result = day.upload_range("0", raise_on_error=False)
         assert not result.success
         assert f"not found at {missing}" in run_error(result, "KeysFileError")[1].message
