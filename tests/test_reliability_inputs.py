@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from day_fixtures import CONTRACT, DAY, Day, write_contract
 
 from datahub_assets.contract import load_contract
+from datahub_assets.extract.sources import SourceFormatError, landing_file_to_parquet
 from datahub_assets.snapshot.conform import REASON, SourceShapeError, conform
 from datahub_emulator.toolkit import read_properties
 
@@ -335,3 +336,11 @@ def test_a_missing_landing_file_is_an_error_naming_the_path(extract_only_day):
     assert not result.success
     cause = step_failure_cause(result)
     assert cause.cls_name == "SourceMissingError" and str(landing_file(extract_only_day)) in cause.message
+
+
+def test_a_landing_file_polars_cannot_read_is_an_error_naming_it_without_its_content(tmp_path):
+    broken = tmp_path / f"{DAY}.parquet"
+    broken.write_bytes(b"PAR1" + SECRET_VALUE * 10 + b"PAR1")
+    with pytest.raises(SourceFormatError, match=rf"landing file {DAY}.parquet cannot be read as parquet") as raised:
+        landing_file_to_parquet(broken, tmp_path / "out")
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # polars' message stays out
