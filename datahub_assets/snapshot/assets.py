@@ -8,7 +8,7 @@ import polars as pl
 from datahub_assets.contract import Contract, PartnerType
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import daily_partitions_def
-from datahub_assets.snapshot.conform import conform
+from datahub_assets.snapshot.conform import conform, unused_source_columns
 from datahub_assets.upload.batches import batch_count
 
 SCHEMA_CHECK = "schema_conforms"
@@ -70,9 +70,12 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
         day = context.partition_key
         extract_dir = lake.extract_dir(contract.dataset, day)
         snapshot_path = lake.snapshot_path(contract.dataset, day)
-        stats = conform(
-            contract, pl.scan_parquet(extract_dir / "*.parquet"), snapshot_path, lake.quarantine_path(contract.dataset, day)
-        )
+        extract = pl.scan_parquet(extract_dir / "*.parquet")
+        ignored = unused_source_columns(contract, extract.collect_schema().names())
+        if ignored:
+            # Column names are schema, not data: safe to log.
+            context.log.warning("source columns not in the contract, ignored: %s", ", ".join(ignored))
+        stats = conform(contract, extract, snapshot_path, lake.quarantine_path(contract.dataset, day))
         context.log.info(
             "%d source rows: %d in the snapshot, %d rejected, %d duplicates",
             stats.source_rows, stats.snapshot_rows, stats.rejected_rows, stats.duplicate_rows,

@@ -119,6 +119,14 @@ def check_source_shape(contract: Contract, available: list[str]) -> None:
         )
 
 
+def unused_source_columns(contract: Contract, available: list[str]) -> list[str]:
+    """Source columns the contract does not read: ignored (the contract is the allow-list)."""
+    used = {contract.dedup_order_by, contract.source.date_column}
+    for c in contract.columns:
+        used.update([c.source] if c.source else pl.sql_expr(c.expression).meta.root_names())
+    return [name for name in available if name not in used]
+
+
 def conform(contract: Contract, extract: pl.LazyFrame, snapshot_path: Path, quarantine_path: Path) -> ConformStats:
     """Write the snapshot and the quarantine for one day; return the counts.
 

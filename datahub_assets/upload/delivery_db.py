@@ -194,6 +194,7 @@ class RateLimiter:
         # wake-up, the other half is left for the jitter between waking and arriving.
         self.late_tolerance = max((1.0 / headroom - 1.0) / 2, 0.001)
         self.late_retakes = 0  # slots given up because the caller woke too late (diagnostics)
+        self.lateness_samples: list[float] | None = None  # set to a list to record each wake-up's lateness (s)
         now = _NOW[engine.dialect.name]
         t = limiter_table
         with engine.begin() as conn:
@@ -244,7 +245,10 @@ class RateLimiter:
             pause = slot_at - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            if row.wait <= 0 or time.monotonic() - slot_at <= self.late_tolerance:
+            late = time.monotonic() - slot_at
+            if self.lateness_samples is not None and row.wait > 0:
+                self.lateness_samples.append(late)
+            if row.wait <= 0 or late <= self.late_tolerance:
                 break
             self.late_retakes += 1
         return row.next_slot
