@@ -147,22 +147,18 @@ def test_four_ranges_in_four_processes_never_exceed_the_cap(
 
     # Latency makes the ranges overlap in time, as on separate machines.
     datahub_endpoint.faults(latency_ms={"median": 60, "jitter": 30})
+    logs = [tmp_path / f"worker-{r}.log" for r in "0123"]
     workers = [
         subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "tests" / "upload_worker.py"),
-                str(contracts),
-                "user_profile",
-                f"{r}|{DAY}",
-            ],
+            [sys.executable, str(REPO / "tests" / "upload_worker.py"), str(contracts), "user_profile", f"{r}|{DAY}"],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
-        for r in "0123"
+        for r, log in zip("0123", logs)
     ]
-    assert [w.wait(timeout=180) for w in workers] == [0, 0, 0, 0]
+    codes = [w.wait(timeout=180) for w in workers]
+    assert codes == [0, 0, 0, 0], "\n".join(log.read_text()[-3000:] for log, c in zip(logs, codes) if c)
 
     stats = datahub_endpoint.stats()
     print(stats["by_code"], stats["max_admitted_per_sliding_second"])

@@ -70,8 +70,22 @@ def create_delivery_engine(url: str) -> sa.Engine:
             cur.close()
     else:
         engine = sa.create_engine(url, pool_size=16, max_overflow=8, pool_pre_ping=True)
-    _metadata.create_all(engine)
+    _create_tables(engine)
     return engine
+
+
+def _create_tables(engine: sa.Engine, tries: int = 5) -> None:
+    """Create the tables if missing. Uploaders start together (one process per range), and
+    CREATE TABLE IF NOT EXISTS can still collide in both databases; after a collision
+    the tables exist, so trying again settles it."""
+    for attempt in range(1, tries + 1):
+        try:
+            _metadata.create_all(engine)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == tries:
+                raise
+            time.sleep(0.05 * attempt * (1 + random.random()))
 
 
 def _insert(engine: sa.Engine, table: sa.Table):
