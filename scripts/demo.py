@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,8 @@ def main() -> None:
     from datahub_assets.partitions import partner_today
     from datahub_emulator.stack import start_local_stack
 
+    # SIGTERM ends the demo like Ctrl-C does, so the endpoint is stopped with it.
+    signal.signal(signal.SIGTERM, _interrupt)
     stack = start_local_stack(args.var, port=args.endpoint_port)
     os.environ.update(stack.env)
     day = str(partner_today() - timedelta(days=1))
@@ -54,6 +57,10 @@ def main() -> None:
         pass
     finally:
         stack.endpoint.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def deliver_day(day: str, stack) -> None:  # noqa: ANN001
