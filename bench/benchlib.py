@@ -214,6 +214,13 @@ def endpoint_with_keys(workdir: Path, cap: int, latency_median_ms: float = 0.0, 
         yield endpoint, keys
 
 
+def remove_scratch(workdir: Path) -> None:
+    """Drop the bulky files of a run (the endpoint's database, the Parquet files); keep the rest."""
+    for pattern in ("datahub.db*", "*.parquet"):
+        for f in workdir.glob(pattern):
+            f.unlink(missing_ok=True)
+
+
 def make_snapshot_batches(workdir: Path, batches: int, day: str, seed: int = 11):
     """Real batches: synthetic source rows -> conform (the snapshot) -> read_batches."""
     import polars as pl

@@ -130,6 +130,11 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         "seconds_with_arrivals": len(per_second),
         "client_cpu_ms_per_batch": 1000 * sum(r["cpu_s"] for r in results) / max(sent, 1),
         "late_retakes": sum(r.get("late_retakes") or 0 for r in results),
+        "wake_lateness_ms": lateness_summary([x for r in results for x in r.get("lateness_ms", [])]),
+        "gc_pauses": {
+            g: {"n": len(v), "max_ms": max(v, default=0), "total_ms": round(sum(v), 1)}
+            for g in ("0", "1", "2") for v in [[x for r in results for x in r.get("gc_pauses_ms", {}).get(g, [])]]
+        },
         "cpu_by_thread_ms_per_batch": {
             k: round(1000 * sum(r["cpu_by_thread_s"].get(k, 0.0) for r in results) / max(sent, 1), 3)
             for k in sorted({k for r in results for k in r["cpu_by_thread_s"]})
@@ -143,10 +148,23 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         f"retries {summary['retries']}, failed {summary['batches_failed']}, "
         f"max admitted per sliding second {summary['max_sliding']}, "
         f"client CPU {summary['client_cpu_ms_per_batch']:.2f} ms/batch, late wake-ups re-queued "
-        f"{summary['late_retakes']}, cold first call (warm-up, not timed) {summary['cold_first_call_s']}",
+        f"{summary['late_retakes']}, cold first call (warm-up, not timed) {summary['cold_first_call_s']}; "
+        f"wake-up lateness {summary['wake_lateness_ms']}; gc pauses {summary['gc_pauses']}",
         flush=True,
     )
     return summary
+
+
+def lateness_summary(samples: list[float]) -> dict:
+    """How late the upload threads woke for their limiter slots (ms), as percentiles and counts."""
+    if not samples:
+        return {}
+    s = sorted(samples)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
+    return {
+        "n": len(s), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": s[-1],
+        "over_10ms": sum(x > 10 for x in s), "over_20ms": sum(x > 20 for x in s), "over_50ms": sum(x > 50 for x in s),
+    }
 
 
 def naive_phase(jar: Path, keys: Path, data_uuid: str, batches: list, endpoint, time_budget_s: float) -> dict:
@@ -215,6 +233,8 @@ def main() -> None:
     parser.add_argument("--latency-median-ms", type=float, default=150.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=50.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--aslist", action="store_true", help="experiment: workers build the SDK's list in one JPype call")
+    parser.add_argument("--gc-freeze", action="store_true", help="experiment: workers call gc.freeze() before sending")
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
     parser.add_argument("--cold", action="store_true", help="no warm-up call: each process's cold JVM is timed too")
     parser.add_argument("--only", choices=["1", "n"], default=None, help="run only the 1-process or the n-process phase")
@@ -245,7 +265,8 @@ def main() -> None:
             results, warm_s = run_workers(
                 n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
                 warm=not args.cold, on_ready=endpoint.reset,
-                extra=("--late-tolerance-ms", str(args.late_tolerance_ms)) if args.late_tolerance_ms is not None else (),
+                extra=(("--late-tolerance-ms", str(args.late_tolerance_ms)) if args.late_tolerance_ms is not None else ())
+                + (("--gc-freeze",) if args.gc_freeze else ()) + (("--aslist",) if args.aslist else ()),
             )
             summaries.append(
                 phase_summary(f"{n} process{'es' if n > 1 else ''}", results, endpoint.stats(), cap, warm_s)
@@ -281,14 +302,15 @@ def main() -> None:
             Result("rate vs naive loop, 1 process", one["rate"], naive_rate, "b/s", baseline_name=naive_name,
                    note="ratio = platform rate / naive rate")
         )
-    rate = min(one["rate"], many["rate"])
-    day_plan = projection(rate, cap)
     doc_s = REFERENCE_ROWS / 100 / cap
-    results.append(
-        Result("ETA of 25M rows at the measured rate", day_plan.duration_s, doc_s, "s", target=f"<= {ETA_TARGET_S}",
-               baseline_name="the partner's 12,500 s at the full cap",
-               note=f"{hms(day_plan.duration_s)} at {rate:.3f}/s (the lower of the two phases); target 3 h 34 min")
-    )
+    for s in summaries if summaries[0] is not summaries[1] else summaries[:1]:
+        day_plan = projection(s["rate"], cap)
+        results.append(
+            Result(f"ETA of 25M rows at the {s['processes']}-process rate", day_plan.duration_s, doc_s, "s",
+                   target=f"<= {ETA_TARGET_S}", baseline_name="the partner's 12,500 s at the full cap",
+                   note=f"{hms(day_plan.duration_s)} at {s['rate']:.3f}/s (planner.plan); target 3 h 34 min")
+        )
+    benchlib.remove_scratch(workdir)
     benchlib.report(f"cap use ({batches_n} batches per phase)", results, args.md)
     (workdir / "summary.json").write_text(json.dumps({"phases": summaries, "naive": naive}, indent=1))
     print(f"raw figures: {workdir / 'summary.json'}")

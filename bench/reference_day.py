@@ -122,12 +122,17 @@ def step_validate_only(extract_dir: str, out_file: str) -> dict:
     return _step_result(started)
 
 
-def step_sort_only(snapshot: str, out_file: str) -> dict:
-    """A floor for the conform: sorting the finished snapshot by id again, nothing else."""
+def step_sort_only(extract_dir: str, out_file: str) -> dict:
+    """A floor for the conform: the day's (shuffled) rows sorted by id, nothing else."""
     import polars as pl
 
     started = time.perf_counter()
-    pl.scan_parquet(snapshot).sort("id").sink_parquet(out_file)
+    (
+        pl.scan_parquet(Path(extract_dir) / "*.parquet")
+        .select("user_id", "user_name", "age", "screen_width")
+        .sort("user_id")
+        .sink_parquet(out_file)
+    )
     return _step_result(started)
 
 
@@ -248,13 +253,13 @@ def main() -> None:
     if "floors" in steps and "conform" in steps:
         scratch = workdir / "floor.parquet"
         validate = best(step_validate_only, str(extract_dir), str(scratch))
-        resort = best(step_sort_only, str(snapshot), str(scratch))
+        resort = best(step_sort_only, str(extract_dir), str(scratch))
         scratch.unlink(missing_ok=True)
         results += [
             Result("conform floor: validation pass alone", validate["seconds"], polars_copy["seconds"], "s",
                    baseline_name="the polars copy", note="canonical forms + reasons of every value, no sort"),
             Result("conform floor: sort by id alone", resort["seconds"], polars_copy["seconds"], "s",
-                   baseline_name="the polars copy", note="re-sorting the finished snapshot, nothing else"),
+                   baseline_name="the polars copy", note="the 4 contract columns of the raw rows sorted by id, nothing else"),
         ]
     benchlib.report(f"reference day ({rows:,} rows)", results, args.md)
     if not args.small:

@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="default: UploadConfig's")
     parser.add_argument("--day", required=True)
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
+    parser.add_argument("--aslist", action="store_true",
+                        help="experiment: hand the SDK Arrays.asList(String[]) instead of an ArrayList filled row by row")
+    parser.add_argument("--gc-freeze", action="store_true", help="experiment: gc.freeze() before sending")
     parser.add_argument("--warm-batch", type=int, default=None, help="send this batch first, before ready")
     parser.add_argument("--trace", type=Path, default=None, help="write per-attempt timings (JSON lines) here")
     args = parser.parse_args()
@@ -66,9 +69,23 @@ def main() -> None:
     ledger, limiter = delivery_db.ledger(), delivery_db.limiter()
     if args.late_tolerance_ms is not None:
         limiter.late_tolerance = args.late_tolerance_ms / 1000
+    limiter.lateness_samples = []  # diagnostics: how late each wake-up for a slot was
 
     def upload(rows: list[str]):
         return sdk.upload(data_uuid=contract.data_uuid, rows=rows)
+
+    if args.aslist:
+        import jpype
+        from java.util import Arrays
+
+        from datahub_assets.upload.sdk import UploadOutcome
+
+        client, string_array = sdk._open_client(), jpype.JArray(jpype.JString)
+
+        def upload(rows: list[str]):  # noqa: F811 - the experiment replaces the adapter's list building
+            result = client.uploadData(contract.data_uuid, Arrays.asList(string_array(rows)))
+            trace = result.getTraceId()
+            return UploadOutcome(str(result.getResultStatus()), str(result.getResultCode()), str(trace) if trace is not None else "")
 
     trace: list[tuple] = []
     if args.trace:
@@ -97,6 +114,11 @@ def main() -> None:
         warm_s = time.monotonic() - t0
         if warm.batches_sent != 1:
             raise SystemExit("warm-up batch was not acknowledged")
+    if args.gc_freeze:
+        import gc
+
+        gc.freeze()
+    gc_pauses = gc_pause_recorder()
     print(json.dumps({"ready": True, "warm_s": warm_s}), flush=True)
 
     line = sys.stdin.readline()
@@ -131,6 +153,8 @@ def main() -> None:
         "failed_codes": dict(report.failed_codes),
         "warm_s": warm_s,
         "cpu_by_thread_s": by_thread,
+        "gc_pauses_ms": gc_pauses,
+        "lateness_ms": [round(1000 * x, 2) for x in limiter.lateness_samples],
         "late_retakes": getattr(limiter, "late_retakes", None),
     }
     if args.trace:
@@ -144,6 +168,23 @@ def main() -> None:
     # never shuts it down), JPype's reference-queue thread can race the finalizing
     # interpreter and abort the process ("FATAL: exception not rethrown", SIGABRT).
     os._exit(0)
+
+
+def gc_pause_recorder() -> dict:
+    """Record the interpreter's garbage-collection pauses (ms) per generation, as they happen."""
+    import gc
+
+    pauses: dict = {"0": [], "1": [], "2": []}
+    started: list[float] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses[str(info["generation"])].append(round(1000 * (time.perf_counter() - started.pop()), 2))
+
+    gc.callbacks.append(callback)
+    return pauses
 
 
 def traced(upload, ledger, limiter, out: list):

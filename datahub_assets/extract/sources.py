@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
+import fcntl
 import os
 import queue
 import shutil
@@ -97,6 +97,9 @@ class SourceDatabase(dg.ConfigurableResource):
 
 _CHUNK_BYTES = 64 << 20  # CSV bytes per Parquet part of a Postgres extract
 _PIPE_READ_BYTES = 1 << 20
+# The extract is read once, by the snapshot, right after: lz4 writes about twice as
+# fast as the default zstd, for somewhat bigger files. The values are the same either way.
+_PART_COMPRESSION = "lz4"
 
 
 class _CsvToParquetParts:
@@ -114,6 +117,10 @@ class _CsvToParquetParts:
 
     def __init__(self, out_dir: Path, chunk_bytes: int | None = None):
         read_fd, write_fd = os.pipe()
+        try:  # a 1 MiB pipe (Linux; the default is 64 KiB): fewer wake-ups on both sides
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_READ_BYTES)
+        except (AttributeError, OSError):
+            pass
         self._out_dir = out_dir
         self._chunk_bytes = chunk_bytes or _CHUNK_BYTES
         self._reader_file = os.fdopen(read_fd, "rb", buffering=0)
@@ -159,7 +166,9 @@ class _CsvToParquetParts:
                     header = bytes(buf[:end])
                     del buf[:end]
                 if len(buf) >= self._chunk_bytes and (cut := _last_record_end(buf)) > 0:
-                    self._chunks.put(header + bytes(buf[:cut]))
+                    with memoryview(buf) as view:
+                        chunk = b"".join((header, view[:cut]))  # one copy
+                    self._chunks.put(chunk)
                     del buf[:cut]
                     parts += 1
             if not self._errors and (buf or parts == 0):
@@ -178,8 +187,9 @@ class _CsvToParquetParts:
             if self._errors:
                 continue  # keep taking chunks, so that the reader never blocks
             try:
-                frame = pl.read_csv(io.BytesIO(chunk), infer_schema=False)
-                frame.write_parquet(self._out_dir / f"part-{part:05d}.parquet")
+                frame = pl.read_csv(chunk, infer_schema=False)
+                del chunk
+                frame.write_parquet(self._out_dir / f"part-{part:05d}.parquet", compression=_PART_COMPRESSION)
                 part += 1
             except BaseException as error:  # noqa: BLE001 - re-raised by __exit__
                 self._errors.append(error)
