@@ -8,6 +8,7 @@ import time
 import pytest
 
 from datahub_assets.upload.delivery_db import Ledger, RateLimiter
+from datahub_emulator.service import max_in_window
 
 UUID = "6b42f8c92190425fa2d8d92ff723a11a"
 
@@ -45,26 +46,12 @@ def _slots(
         t.join()
 
 
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 def test_limiter_holds_the_cap_in_every_sliding_second(delivery_engine):
     limiter = RateLimiter(delivery_engine, cap_per_second=20, headroom=0.98, name="t1")
     grants: list[float] = []
-    started = time.time()
     _slots(limiter, threads=8, per_thread=8, priority=True, out=grants)
-    elapsed = time.time() - started
     assert len(grants) == 64
-    assert max_in_window(grants) <= 20
-    # 64 slots at 19.6/s take about 3.2 s; far slower would mean the limiter wastes the cap.
-    assert elapsed < 64 / 19.6 + 1.0
+    assert max_in_window(sorted(grants)) <= 20  # how much of the cap it uses is measured in bench/cap_use.py
 
 
 def test_backfill_only_takes_slots_the_current_day_leaves(delivery_engine):
@@ -89,7 +76,7 @@ def test_backfill_only_takes_slots_the_current_day_leaves(delivery_engine):
     assert before >= 5
     # While the current day saturates the cap, the backfill gets (almost) nothing.
     assert len(during) <= 2
-    assert max_in_window(current + backfill) <= 20
+    assert max_in_window(sorted(current + backfill)) <= 20
 
 
 @pytest.mark.parametrize("headroom", [0.0, 1.5])

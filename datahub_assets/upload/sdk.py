@@ -69,11 +69,11 @@ def open_client(keys_path: str):  # noqa: ANN201
 def upload_batch(client, data_uuid: str, rows: list[str]) -> UploadOutcome:  # noqa: ANN001
     """The adapter, part two: the SDK's call and result."""
     import jpype
-    from java.util import ArrayList  # needs `import jpype.imports`, done in open_client
+    from java.util import ArrayList, Arrays  # needs `import jpype.imports`, done in open_client
 
-    data = ArrayList(len(rows))
-    for row in rows:
-        data.add(row)
+    # One conversion into a Java String[] instead of a call per row; the SDK gets a
+    # mutable java.util.List, as a caller in Java would pass.
+    data = ArrayList(Arrays.asList(jpype.JArray(jpype.JString)(rows)))
     try:
         result = client.uploadData(data_uuid, data)
     except jpype.JException as exc:
