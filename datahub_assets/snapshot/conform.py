@@ -184,7 +184,7 @@ def conform(contract: Contract, extract: pl.LazyFrame, snapshot_path: Path, quar
         if repeats.height:
             rows = (
                 pl.scan_parquet(tmp_good)
-                .filter(pl.col(SOURCE_ROW).is_in(repeats[SOURCE_ROW]))
+                .filter(pl.col(SOURCE_ROW).is_in(repeats[SOURCE_ROW].implode()))
                 .join(repeats.lazy(), on=SOURCE_ROW, how="left", maintain_order="left")
                 .sort([vid, *([_ORDER] if order else []), *[v for v in values if v != vid]], nulls_last=False, maintain_order=True)
                 .collect()
@@ -192,13 +192,13 @@ def conform(contract: Contract, extract: pl.LazyFrame, snapshot_path: Path, quar
             superseded = rows.filter(pl.col(vid) == pl.col(vid).shift(-1)).select(_POSITION, SOURCE_ROW)
         if superseded.height:
             pl.scan_parquet(tmp_sorted).with_row_index(_POSITION).filter(
-                ~pl.col(_POSITION).is_in(superseded[_POSITION])
+                ~pl.col(_POSITION).is_in(superseded[_POSITION].implode())
             ).drop(_POSITION).sink_parquet(snapshot_path)
         else:
             tmp_sorted.replace(snapshot_path)
         duplicates = (
             extract.with_row_index(SOURCE_ROW)
-            .filter(pl.col(SOURCE_ROW).is_in(superseded[SOURCE_ROW]))
+            .filter(pl.col(SOURCE_ROW).is_in(superseded[SOURCE_ROW].implode()))
             .select(SOURCE_ROW, *raw_columns, pl.lit("id: duplicate, superseded by a later row").alias(REASON))
         )
         pl.concat([pl.scan_parquet(tmp_rejected), duplicates]).sort(SOURCE_ROW).sink_parquet(quarantine_path)
