@@ -43,8 +43,6 @@ def main() -> None:
     print(f"source: {args.rows} rows for {day}, {args.bad_share:.0%} of them broken")
     try:
         if args.ui:
-            env_file = REPO_ROOT / ".env"  # `dagster dev` reads it; lets a second UI start with the same stack
-            env_file.write_text("".join(f"{k}={v}\n" for k, v in stack.env.items() if k != "DAGSTER_HOME"))
             print(f"UI on http://127.0.0.1:{args.ui_port}  (Ctrl-C stops it and the endpoint)")
             subprocess.run(
                 [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.ui_port)],

@@ -143,8 +143,10 @@ def webserver(prepared_day: PreparedDay) -> Iterator[Webserver]:
     env = {**os.environ, **prepared_day.env}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO_ROOT,
+            [sys.executable, "-m", "dagster_webserver", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            # Not the repo root: Dagster loads a .env from its working directory, and a
+            # developer's would override the stack's settings.
+            cwd=log_path.parent,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

