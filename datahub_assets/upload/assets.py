@@ -79,15 +79,15 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         )
         report = sender.send(batches)
 
-        # The day's outlook from the whole ledger: the same arithmetic as the planner CLI.
-        counts = ledger.status_counts(contract.data_uuid, day)
-        remaining = total_batches - counts.get("S", 0)
+        # The day's outlook from the whole ledger (every range, every machine) at its
+        # measured rate: the same arithmetic as the planner CLI and the at-risk sensor.
+        remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get("S", 0)
         day_plan = plan(
             batches=remaining,
             cap=delivery_db.cap_per_second,
             start=datetime.now(timezone.utc),
             deadline=deadline_for(day),
-            measured_rate=report.batches_sent / report.seconds if report.seconds and report.batches_sent else delivery_db.cap_per_second,
+            measured_rate=ledger.acked_rate(contract.data_uuid, day) or delivery_db.cap_per_second,
         )
         metadata = {
             "first_batch": numbers.start,
