@@ -14,18 +14,24 @@ PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty database on the local PostgreSQL, dropped afterwards."""
+def pg_database() -> Iterator[str]:
+    """The name of a fresh, empty database on the local PostgreSQL, dropped afterwards."""
     name = f"datahub_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        yield name
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """A SQLAlchemy URL of a fresh, empty PostgreSQL database."""
+    return f"postgresql://postgres@127.0.0.1:5432/{pg_database}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
-from platform_fixtures import PG_ADMIN_URL
 
 from datahub_assets.definitions import build_dataset_assets, build_resources
 from datahub_assets.upload.assets import UPLOAD_POOL
@@ -29,21 +26,6 @@ PRODUCTION_YAML = REPO_ROOT / "dagster.yaml"
 LOCAL_YAML = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
 HELM_VALUES = REPO_ROOT / "deploy" / "helm" / "values.yaml"
 CONTRACTS_DIR = REPO_ROOT / "datahub_assets" / "contracts"
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """The name of a fresh, empty database on the local PostgreSQL, dropped afterwards."""
-    name = f"dagster_instance_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def dagster_home_with(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

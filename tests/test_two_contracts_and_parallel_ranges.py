@@ -47,6 +47,14 @@ def write_contracts(directory: Path, ranges: int | None = None) -> Path:
     return directory
 
 
+def register_keys(tmp_path: Path, endpoint_url: str, contracts: Path) -> Path:
+    """keys.properties for every contract in the folder, registered with the endpoint."""
+    keys_file = tmp_path / "keys" / "keys.properties"
+    init_keys(endpoint=endpoint_url, out=keys_file, institution_id="WALLET_01",
+              ant_institution_id="ANT_01", contracts=sorted(contracts.glob("*.yaml")))
+    return keys_file
+
+
 def test_a_second_contract_file_adds_a_second_chain(
     tmp_path, sftp_server, datahub_endpoint, sdk_jar
 ):
@@ -66,14 +74,7 @@ def test_a_second_contract_file_adds_a_second_chain(
         assert graph.get(dg.AssetKey(f"{d}_snapshot")).parent_keys == {dg.AssetKey(f"{d}_extract")}
 
     # The new dataset runs end to end from an SFTP landing file, with no code change.
-    keys_file = tmp_path / "keys" / "keys.properties"
-    init_keys(
-        endpoint=datahub_endpoint.url,
-        out=keys_file,
-        institution_id="WALLET_01",
-        ant_institution_id="ANT_01",
-        contracts=sorted(contracts.glob("*.yaml")),
-    )
+    keys_file = register_keys(tmp_path, datahub_endpoint.url, contracts)
     source = generate(800, DAY)
     write_landing_file(source, sftp_server.root / "devices" / f"{DAY}.csv")
     resources = {
@@ -115,14 +116,7 @@ def test_four_ranges_in_four_processes_never_exceed_the_cap(
 ):
     contracts = write_contracts(tmp_path / "contracts", ranges=4)
     contract = load_contract(contracts / "user_profile.yaml")
-    keys_file = tmp_path / "keys" / "keys.properties"
-    init_keys(
-        endpoint=datahub_endpoint.url,
-        out=keys_file,
-        institution_id="WALLET_01",
-        ant_institution_id="ANT_01",
-        contracts=[contracts / "user_profile.yaml"],
-    )
+    keys_file = register_keys(tmp_path, datahub_endpoint.url, contracts)
     source_url = f"sqlite:///{tmp_path / 'source.db'}"
     source = generate(36_000, DAY)
     write_table(source, source_url)
