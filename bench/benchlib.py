@@ -15,8 +15,6 @@ import shlex
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `python bench/NAME.py` puts bench/, not the repo, first
     sys.path.insert(0, str(REPO_ROOT))
 
-CONTRACT_PATH = REPO_ROOT / "datahub_assets" / "contracts" / "user_profile.yaml"
-PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-PG_URL_TEMPLATE = "postgresql://postgres@127.0.0.1:5432/{name}"
-INSTITUTION_ID = "WALLET_01"
-ANT_INSTITUTION_ID = "ANT_01"
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR  # noqa: E402  (after the path fix above)
+from datahub_dev.scratch_db import pg_admin_execute, pg_url, scratch_database  # noqa: E402,F401
+
+CONTRACT_PATH = DEFAULT_CONTRACTS_DIR / "user_profile.yaml"
 
 
 @dataclass
@@ -159,21 +156,12 @@ def build_sdk_jar() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def pg_admin_execute(sql: str) -> None:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        admin.dispose()
-
-
 def pg_database_exists(name: str) -> bool:
     import sqlalchemy as sa
 
-    admin = sa.create_engine(PG_ADMIN_URL)
+    from datahub_assets.sql import create_engine
+
+    admin = create_engine(pg_url("postgres"))
     try:
         with admin.connect() as conn:
             return conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is not None
@@ -182,21 +170,10 @@ def pg_database_exists(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def scratch_database(prefix: str = "datahub_bench") -> Iterator[str]:
-    """A fresh Postgres database for one run, dropped afterwards; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    pg_admin_execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL_TEMPLATE.format(name=name)
-    finally:
-        pg_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
 def endpoint_with_keys(workdir: Path, cap: int, latency_median_ms: float = 0.0, latency_jitter_ms: float = 0.0):
     """The local endpoint (subprocess, loopback) and a registered keys.properties."""
+    from datahub_dev.stack import register_keys
     from datahub_emulator.client import EmulatorProcess
-    from datahub_emulator.toolkit import init_keys
 
     extra = ["--latency-median-ms", str(latency_median_ms), "--latency-jitter-ms", str(latency_jitter_ms)]
     endpoint = EmulatorProcess(
@@ -204,13 +181,7 @@ def endpoint_with_keys(workdir: Path, cap: int, latency_median_ms: float = 0.0, 
     )
     with endpoint:
         keys = workdir / "keys" / "keys.properties"
-        init_keys(
-            endpoint=endpoint.url,
-            out=keys,
-            institution_id=INSTITUTION_ID,
-            ant_institution_id=ANT_INSTITUTION_ID,
-            contracts=[CONTRACT_PATH],
-        )
+        register_keys(endpoint.url, keys, [CONTRACT_PATH])
         yield endpoint, keys
 
 
@@ -226,9 +197,10 @@ def make_snapshot_batches(workdir: Path, batches: int, day: str, seed: int = 11)
     import polars as pl
 
     from datahub_assets.contract import load_contract
-    from datahub_assets.extract.synthetic import generate
+    from datahub_assets.partitions import BATCH_ROWS
     from datahub_assets.snapshot.conform import conform
-    from datahub_assets.upload.batches import BATCH_ROWS, read_batches
+    from datahub_assets.upload.batches import read_batches
+    from datahub_dev.synthetic import generate
 
     contract = load_contract(CONTRACT_PATH)
     source = generate(batches * BATCH_ROWS, day, bad_share=0.0, seed=seed)

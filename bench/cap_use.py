@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -93,7 +92,7 @@ def reset_delivery_db(url: str) -> None:
     """Empty the ledger between phases so that each phase sends every batch."""
     import sqlalchemy as sa
 
-    from datahub_assets.upload.delivery_db import create_delivery_engine
+    from datahub_assets.upload.resources import create_delivery_engine
 
     engine = create_delivery_engine(url)
     try:
@@ -207,8 +206,8 @@ def naive_phase(jar: Path, keys: Path, data_uuid: str, batches: list, endpoint, 
 
 
 def projection(rate: float, cap: float):
-    from datahub_assets.monitoring.planner import deadline_for, plan
-    from datahub_assets.upload.batches import batch_count
+    from datahub_assets.partitions import batch_count, deadline_for
+    from datahub_assets.planning import plan
 
     deadline = deadline_for(DAY)
     return plan(
@@ -233,8 +232,6 @@ def main() -> None:
     parser.add_argument("--latency-median-ms", type=float, default=150.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=50.0)
     parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--aslist", action="store_true", help="experiment: workers build the SDK's list in one JPype call")
-    parser.add_argument("--gc-freeze", action="store_true", help="experiment: workers call gc.freeze() before sending")
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
     parser.add_argument("--cold", action="store_true", help="no warm-up call: each process's cold JVM is timed too")
     parser.add_argument("--only", choices=["1", "n"], default=None, help="run only the 1-process or the n-process phase")
@@ -265,8 +262,7 @@ def main() -> None:
             results, warm_s = run_workers(
                 n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
                 warm=not args.cold, on_ready=endpoint.reset,
-                extra=(("--late-tolerance-ms", str(args.late_tolerance_ms)) if args.late_tolerance_ms is not None else ())
-                + (("--gc-freeze",) if args.gc_freeze else ()) + (("--aslist",) if args.aslist else ()),
+                extra=(("--late-tolerance-ms", str(args.late_tolerance_ms)) if args.late_tolerance_ms is not None else ()),
             )
             summaries.append(
                 phase_summary(f"{n} process{'es' if n > 1 else ''}", results, endpoint.stats(), cap, warm_s)

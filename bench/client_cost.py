@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -49,8 +48,6 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="default 3000 (600 with --small)")
     parser.add_argument("--threads", type=int, default=None, help="default UploadConfig's")
     parser.add_argument("--warmup", type=int, default=None, help="batches sent first, untimed (JIT); default 1500 (300 with --small)")
-    parser.add_argument("--aslist", action="store_true",
-                        help="experiment: hand the SDK Arrays.asList(String[]) instead of an ArrayList filled row by row")
     parser.add_argument("--jvm-option", action="append", default=[], help="passed to DataHubSdkResource.jvm_options")
     parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
     args = parser.parse_args()
@@ -62,7 +59,7 @@ def main() -> None:
     import jpype
 
     from datahub_assets.upload.assets import UploadConfig
-    from datahub_assets.upload.delivery_db import DeliveryDatabase
+    from datahub_assets.upload.resources import DeliveryDatabase
     from datahub_assets.upload.sdk import DataHubSdkResource, upload_batch
     from datahub_assets.upload.sender import RangeSender, RetryPolicy
 
@@ -80,26 +77,9 @@ def main() -> None:
         sdk = DataHubSdkResource(classpath=str(jar), keys_path=str(keys), jvm_options=args.jvm_option)
         client = sdk._open_client()  # JVM start: once per process, not counted
 
-        def upload(rows):
-            return sdk.upload(data_uuid=contract.data_uuid, rows=rows)
-
-        if args.aslist:
-            # Not the platform's code: what upload_batch would cost if it built the
-            # java.util.List in one call instead of one JPype call per row.
-            from java.util import Arrays
-
-            from datahub_assets.upload.sdk import UploadOutcome
-
-            string_array = jpype.JArray(jpype.JString)
-
-            def upload(rows):  # noqa: F811
-                result = client.uploadData(contract.data_uuid, Arrays.asList(string_array(rows)))
-                trace = result.getTraceId()
-                return UploadOutcome(str(result.getResultStatus()), str(result.getResultCode()), str(trace) if trace is not None else "")
-
         def sender(day: str) -> RangeSender:
             return RangeSender(
-                upload=upload, ledger=ledger, limiter=limiter, data_uuid=contract.data_uuid, day=day,
+                client=sdk, ledger=ledger, limiter=limiter, data_uuid=contract.data_uuid, day=day,
                 priority=True, threads=threads, retry=RetryPolicy(), log=logging.getLogger("client_cost"),
                 progress_every_s=3600,
             )
@@ -117,7 +97,7 @@ def main() -> None:
         gc.freeze()
         ep0, c0, w0 = benchlib.proc_cpu_s(endpoint.pid), benchlib.cpu_s(), time.perf_counter()
         for b in base_set:
-            out = upload(b.rows) if args.aslist else upload_batch(client, contract.data_uuid, b.rows)
+            out = upload_batch(client, contract.data_uuid, b.rows)
             assert out.status == "S", out
         base_wall, base_cpu = time.perf_counter() - w0, benchlib.cpu_s() - c0
         gc.unfreeze()
@@ -169,7 +149,7 @@ def main() -> None:
     for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]):
         print(f"    {k:<50} {1000 * v / n:6.3f}")
     results = [
-        Result("client CPU per batch, platform path" + (" [experiment: Arrays.asList]" if args.aslist else ""), per_batch, base_per_batch, "ms", target="<= 2",
+        Result("client CPU per batch, platform path", per_batch, base_per_batch, "ms", target="<= 2",
                baseline_name="bare SDK call in a loop (ArrayList + uploadData), gc frozen as in the sender",
                note=f"{threads} threads, {n / wall:.0f} batches/s, endpoint on the same cores: {1000 * ep / n:.2f} ms/batch"),
     ]

@@ -3,7 +3,7 @@
     .venv/bin/python bench/reference_day.py            # 25,000,000 rows (long: run with nohup)
     .venv/bin/python bench/reference_day.py --small    # 500,000 rows, CI smoke run (< 60 s)
 
-1. Source: synthetic rows (datahub_assets/extract/synthetic.py `generate` + `write_table`,
+1. Source: synthetic rows (datahub_dev/synthetic.py `generate` + `write_table`,
    Postgres COPY) in the database `datahub_bench` (kept between runs and reused when the
    day already holds exactly --rows rows; --regenerate forces a new one).
 2. Extract: `SourceDatabase.extract_day` (Postgres -> Parquet) vs. the bare
@@ -43,7 +43,7 @@ def _step_result(started: float, **extra) -> dict:
 
 
 def step_generate(url: str, rows: int, bad_share: float) -> dict:
-    from datahub_assets.extract.synthetic import generate, write_table
+    from datahub_dev.synthetic import generate, write_table
 
     started = time.perf_counter()
     frame = generate(rows, DAY, bad_share=bad_share)
@@ -189,7 +189,7 @@ def main() -> None:
     database = args.database or (SOURCE_DB + ("_small" if args.small else ""))
     workdir = args.workdir or Path("/tmp/datahub-refday" + ("-small" if args.small else ""))
     workdir.mkdir(parents=True, exist_ok=True)
-    url = benchlib.PG_URL_TEMPLATE.format(name=database)
+    url = benchlib.pg_url(database)
     print(f"reference day: {rows:,} rows, database {database}, workdir {workdir}; {benchlib.machine_facts()}", flush=True)
 
     if not benchlib.pg_database_exists(database):

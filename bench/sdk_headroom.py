@@ -29,11 +29,11 @@ from typing import Any
 import jpype
 import jpype.imports  # noqa: F401 - enables Java imports
 
+from benchlib import CONTRACT_PATH as CONTRACT, REPO_ROOT
+from datahub_assets.contract import load_contract
+from datahub_dev.stack import register_keys
 from datahub_emulator.client import EmulatorProcess
-from datahub_emulator.toolkit import init_keys, load_contract_schema
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONTRACT = REPO_ROOT / "datahub_assets" / "contracts" / "user_profile.yaml"
 CAP = 20.0
 TARGET = 200.0
 ROWS_PER_BATCH = 100
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         ["bash", str(REPO_ROOT / "scripts" / "build_sdk.sh")],
         check=True, capture_output=True, text=True,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
-    data_uuid = load_contract_schema(CONTRACT).data_uuid
+    data_uuid = load_contract(CONTRACT).data_uuid
     token = secrets.token_hex(8)
     batches = make_batches(args.batches, token)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, workdir {workdir}")
@@ -168,13 +168,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     )
     with endpoint:
         keys = workdir / "keys.properties"
-        init_keys(
-            endpoint=endpoint.url,
-            out=keys,
-            institution_id="WALLET_01",
-            ant_institution_id="ANT_01",
-            contracts=[CONTRACT],
-        )
+        register_keys(endpoint.url, keys, [CONTRACT])
         jpype.startJVM(classpath=[jar], convertStrings=False)
         from com.alipay.idatahub.client import DataUploadClient
         from java.util import ArrayList

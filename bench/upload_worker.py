@@ -40,9 +40,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="default: UploadConfig's")
     parser.add_argument("--day", required=True)
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
-    parser.add_argument("--aslist", action="store_true",
-                        help="experiment: hand the SDK Arrays.asList(String[]) instead of an ArrayList filled row by row")
-    parser.add_argument("--gc-freeze", action="store_true", help="experiment: gc.freeze() before sending")
     parser.add_argument("--warm-batch", type=int, default=None, help="send this batch first, before ready")
     parser.add_argument("--trace", type=Path, default=None, help="write per-attempt timings (JSON lines) here")
     args = parser.parse_args()
@@ -50,7 +47,7 @@ def main() -> None:
     from datahub_assets.contract import load_contract
     from datahub_assets.upload.assets import UploadConfig
     from datahub_assets.upload.batches import read_batches
-    from datahub_assets.upload.delivery_db import DeliveryDatabase
+    from datahub_assets.upload.resources import DeliveryDatabase
     from datahub_assets.upload.sdk import DataHubSdkResource
     from datahub_assets.upload.sender import RangeSender, RetryPolicy
 
@@ -71,27 +68,13 @@ def main() -> None:
         limiter.late_tolerance = args.late_tolerance_ms / 1000
     limiter.lateness_samples = []  # diagnostics: how late each wake-up for a slot was
 
-    def upload(rows: list[str]):
-        return sdk.upload(data_uuid=contract.data_uuid, rows=rows)
-
-    if args.aslist:
-        import jpype
-        from java.util import Arrays
-
-        from datahub_assets.upload.sdk import UploadOutcome
-
-        client, string_array = sdk._open_client(), jpype.JArray(jpype.JString)
-
-        def upload(rows: list[str]):  # noqa: F811 - the experiment replaces the adapter's list building
-            result = client.uploadData(contract.data_uuid, Arrays.asList(string_array(rows)))
-            trace = result.getTraceId()
-            return UploadOutcome(str(result.getResultStatus()), str(result.getResultCode()), str(trace) if trace is not None else "")
-
     trace: list[tuple] = []
     if args.trace:
-        upload, ledger, limiter = traced(upload, ledger, limiter, trace)
+        client, ledger, limiter = traced(sdk, ledger, limiter, trace)
+    else:
+        client = sdk
     sender = RangeSender(
-        upload=upload,
+        client=client,
         ledger=ledger,
         limiter=limiter,
         data_uuid=contract.data_uuid,
@@ -108,16 +91,12 @@ def main() -> None:
         # (class loading, JIT) is a one-off per process, reported apart from the rate.
         t0 = time.monotonic()
         warm = RangeSender(
-            upload=upload, ledger=ledger, limiter=limiter, data_uuid=contract.data_uuid, day=args.day,
+            client=client, ledger=ledger, limiter=limiter, data_uuid=contract.data_uuid, day=args.day,
             priority=True, threads=1, retry=RetryPolicy(), log=log,
         ).send(read_batches(args.snapshot, range(args.warm_batch, args.warm_batch + 1)))
         warm_s = time.monotonic() - t0
         if warm.batches_sent != 1:
             raise SystemExit("warm-up batch was not acknowledged")
-    if args.gc_freeze:
-        import gc
-
-        gc.freeze()
     gc_pauses = gc_pause_recorder()
     print(json.dumps({"ready": True, "warm_s": warm_s}), flush=True)
 
@@ -187,7 +166,7 @@ def gc_pause_recorder() -> dict:
     return pauses
 
 
-def traced(upload, ledger, limiter, out: list):
+def traced(client, ledger, limiter, out: list):
     """Wrap the sender's collaborators to record, per attempt and thread, when each step ran."""
     import threading
 
@@ -213,13 +192,14 @@ def traced(upload, ledger, limiter, out: list):
 
             return wrapped
 
-    def traced_upload(rows):
-        t0 = time.time()
-        outcome = upload(rows)
-        out.append(("upload", threading.get_ident(), t0, time.time(), outcome.code))
-        return outcome
+    class TracedClient:
+        def upload(self, *, data_uuid: str, rows: list[str]):
+            t0 = time.time()
+            outcome = client.upload(data_uuid=data_uuid, rows=rows)
+            out.append(("upload", threading.get_ident(), t0, time.time(), outcome.code))
+            return outcome
 
-    return traced_upload, TracedLedger(), TracedLimiter()
+    return TracedClient(), TracedLedger(), TracedLimiter()
 
 
 if __name__ == "__main__":

@@ -63,17 +63,10 @@ class Contract:
     max_value_bytes: int
     path: Path
 
-    @property
-    def source_columns(self) -> list[str]:
-        """Source columns the extract must read: plain sources and the dedup order."""
-        cols = [c.source for c in self.columns if c.source]
-        if self.dedup_order_by:
-            cols.append(self.dedup_order_by)
-        return list(dict.fromkeys(cols))
-
-    def endpoint_schema(self) -> dict:
-        """The schema registered with the partner (or the local endpoint)."""
+    def partner_schema(self) -> dict:
+        """The schema agreed with the partner (and registered with the local endpoint)."""
         return {
+            "dataUuid": self.data_uuid,
             "columns": {c.name: c.type.value for c in self.columns},
             "required": [c.name for c in self.columns if c.required],
         }

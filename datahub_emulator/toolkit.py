@@ -2,11 +2,11 @@
 
     python -m datahub_emulator.toolkit init --endpoint http://127.0.0.1:8765 \\
         --out keys.properties --institution-id WALLET_01 --ant-institution-id ANT_01 \\
-        --contract datahub_assets/contracts/user_profile.yaml
+        --schema user_profile.schema.json
 
 It creates the client's RSA key pair, a client id and a data key, writes them to
 keys.properties (mode 0600, atomically) and registers the client, its grants and the
-contracts' schemas with the endpoint. Run again, it reuses the keys and only
+datasets' schemas with the endpoint. Run again, it reuses the keys and only
 re-registers, unless --rotate.
 """
 
@@ -25,8 +25,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from datahub_assets.contract import load_contract
 
 RSA_BITS = 2048
 DATA_KEY_BYTES = 32
@@ -69,11 +67,11 @@ class ContractSchema:
         return {"columns": self.columns, "required": list(self.required)}
 
 
-def load_contract_schema(path: Path) -> ContractSchema:
-    """The partner-facing schema of one data contract (data_uuid, columns, required)."""
-    contract = load_contract(Path(path))
-    schema = contract.endpoint_schema()
-    return ContractSchema(contract.data_uuid, schema["columns"], tuple(sorted(schema["required"])))
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ContractSchema:
+        """{"dataUuid": ..., "columns": {name: type}, "required": [name, ...]}, as agreed with
+        the partner (`datahub-schema CONTRACT.yaml` prints it for a data contract)."""
+        return cls(str(raw["dataUuid"]), dict(raw["columns"]), tuple(sorted(raw["required"])))
 
 
 def init_keys(
@@ -82,12 +80,11 @@ def init_keys(
     out: Path,
     institution_id: str,
     ant_institution_id: str,
-    contracts: Sequence[Path],
+    schemas: Sequence[ContractSchema],
     rotate: bool = False,
 ) -> KeysInfo:
     """Create (or reuse) the keys in `out` and register them with the endpoint."""
     out = Path(out)
-    schemas = [load_contract_schema(path) for path in contracts]  # a bad contract writes nothing
     created = rotate or not out.exists()
     keys = _new_keys() if created else _existing_keys(out)
     wanted = {
@@ -208,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     init.add_argument("--out", type=Path, required=True)
     init.add_argument("--institution-id", required=True)
     init.add_argument("--ant-institution-id", required=True)
-    init.add_argument("--contract", type=Path, action="append", required=True)
+    init.add_argument("--schema", type=Path, action="append", required=True, help="a dataset's schema, JSON")
     init.add_argument("--rotate", action="store_true", help="new keys even if the file exists")
     args = parser.parse_args(argv)
     info = init_keys(
@@ -216,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         out=args.out,
         institution_id=args.institution_id,
         ant_institution_id=args.ant_institution_id,
-        contracts=args.contract,
+        schemas=[ContractSchema.from_json(json.loads(path.read_text())) for path in args.schema],
         rotate=args.rotate,
     )
     # Nothing secret: the path, the client id and the dataset ids only.

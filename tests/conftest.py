@@ -14,17 +14,18 @@ from typing import Any
 
 import pytest
 
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contract
+from datahub_dev.stack import ANT_INSTITUTION_ID, INSTITUTION_ID, register_keys
 from datahub_emulator.client import EmulatorProcess
-from datahub_emulator.toolkit import init_keys, load_contract_schema
 
 # Fixture modules beside this file (tests/ is on pythonpath, see pyproject.toml).
-pytest_plugins = ["platform_fixtures", "sftp_fixtures"]
+pytest_plugins = ["support", "sftp_fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-USER_PROFILE_CONTRACT = REPO_ROOT / "datahub_assets" / "contracts" / "user_profile.yaml"
+USER_PROFILE_CONTRACT = DEFAULT_CONTRACTS_DIR / "user_profile.yaml"
 BUILD_SDK_SCRIPT = REPO_ROOT / "scripts" / "build_sdk.sh"
-DATAHUB_INSTITUTION_ID = "WALLET_01"
-DATAHUB_ANT_INSTITUTION_ID = "ANT_01"
+DATAHUB_INSTITUTION_ID = INSTITUTION_ID
+DATAHUB_ANT_INSTITUTION_ID = ANT_INSTITUTION_ID
 
 
 @pytest.fixture
@@ -58,20 +59,14 @@ def user_profile_contract() -> Path:
 
 @pytest.fixture
 def user_profile_uuid() -> str:
-    return load_contract_schema(USER_PROFILE_CONTRACT).data_uuid
+    return load_contract(USER_PROFILE_CONTRACT).data_uuid
 
 
 @pytest.fixture
 def keys_file(datahub_endpoint: EmulatorProcess, tmp_path: Path) -> Path:
     """keys.properties made by the toolkit and registered with the endpoint."""
     out = tmp_path / "keys" / "keys.properties"
-    init_keys(
-        endpoint=datahub_endpoint.url,
-        out=out,
-        institution_id=DATAHUB_INSTITUTION_ID,
-        ant_institution_id=DATAHUB_ANT_INSTITUTION_ID,
-        contracts=[USER_PROFILE_CONTRACT],
-    )
+    register_keys(datahub_endpoint.url, out, [USER_PROFILE_CONTRACT])
     return out
 
 

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from datahub_assets.upload.delivery_db import Ledger, RateLimiter
+from datahub_assets.upload.ledger import Ledger
+from datahub_assets.upload.limiter import RateLimiter
 from datahub_emulator.service import max_in_window
 
 UUID = "6b42f8c92190425fa2d8d92ff723a11a"

@@ -38,6 +38,9 @@ from datahub_emulator.client import EmulatorProcess, free_port
 from datahub_emulator.service import max_in_window
 from datahub_emulator.toolkit import init_keys, read_properties, write_properties
 
+from datahub_assets.contract import load_contract
+from datahub_dev.stack import contract_schema
+
 UPLOAD_PATH = "/datahub/v1/upload"
 
 ClientFactory = Callable[[Path], Any]
@@ -629,12 +632,14 @@ def test_toolkit_writes_a_private_file_and_reuses_it(
     datahub_endpoint: EmulatorProcess, tmp_path: Path, user_profile_contract: Path
 ) -> None:
     out = tmp_path / "k" / "keys.properties"
+    schema_file = tmp_path / "user_profile.schema.json"
+    schema_file.write_text(json.dumps(load_contract(user_profile_contract).partner_schema()))
     command = [
         sys.executable, "-m", "datahub_emulator.toolkit", "init",
         "--endpoint", datahub_endpoint.url, "--out", str(out),
         "--institution-id", "WALLET_07",
         "--ant-institution-id", "ANT_07",
-        "--contract", str(user_profile_contract),
+        "--schema", str(schema_file),
     ]  # fmt: skip
     first = subprocess.run(command, check=True, capture_output=True, text=True)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -657,7 +662,7 @@ def test_toolkit_writes_a_private_file_and_reuses_it(
         out=out,
         institution_id="WALLET_07",
         ant_institution_id="ANT_07",
-        contracts=[user_profile_contract],
+        schemas=[contract_schema(user_profile_contract)],
         rotate=True,
     )
     assert rotated.created and rotated.client_id != keys["clientId"]

@@ -18,14 +18,16 @@ import sqlalchemy as sa
 import yaml
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-from datahub_assets.definitions import build_dataset_assets, build_resources
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR
+from datahub_assets.definitions import build_dataset_assets
+from datahub_assets.resources import build_resources
 from datahub_assets.upload.assets import UPLOAD_POOL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_YAML = REPO_ROOT / "dagster.yaml"
 LOCAL_YAML = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
 HELM_VALUES = REPO_ROOT / "deploy" / "helm" / "values.yaml"
-CONTRACTS_DIR = REPO_ROOT / "datahub_assets" / "contracts"
+CONTRACTS_DIR = DEFAULT_CONTRACTS_DIR
 
 
 def dagster_home_with(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -38,7 +40,8 @@ def dagster_home_with(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.fixture
-def production_env(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def production_env(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    pg_database = pg_url.rsplit("/", 1)[1]
     monkeypatch.setenv("DAGSTER_PG_HOST", "127.0.0.1")
     monkeypatch.setenv("DAGSTER_PG_PORT", "5432")
     monkeypatch.setenv("DAGSTER_PG_USER", "postgres")

@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from datetime import time as clock_time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -22,18 +20,17 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql.test.utils import define_out_of_process_workspace, execute_dagster_graphql
 
-from datahub_assets.contract import load_contract
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contract
 from datahub_assets.definitions import build_dataset_assets, build_definitions
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
-from datahub_assets.extract.synthetic import generate, write_table
+from datahub_dev.synthetic import generate, write_table
 from datahub_assets.lake import DataLake
 from datahub_assets.monitoring.notifier import Notifier
-from datahub_assets.monitoring.schedules import (
+from datahub_assets.automation.daily import (
     FAN_OUT_TAG,
     build_daily_delivery_schedule,
-    build_upload_fan_out_sensor,
 )
-from datahub_assets.monitoring.sensors import (
+from datahub_assets.monitoring.rules import (
     AT_RISK,
     FAILED,
     LATE,
@@ -41,16 +38,16 @@ from datahub_assets.monitoring.sensors import (
     NOT_FAILED_CHECK,
     ON_TIME_CHECK,
     Watch,
-    build_delivery_checks,
-    build_watch_sensor,
 )
-from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM
-from datahub_assets.upload.batches import batch_slice, range_keys
-from datahub_assets.upload.delivery_db import DeliveryDatabase, Ledger, create_delivery_engine, ledger_table
+from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch_sensor
+from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM, batch_slice, range_keys
+from datahub_assets.upload.ledger import Ledger, ledger_table
+from datahub_assets.upload.resources import DeliveryDatabase, create_delivery_engine
 from datahub_assets.upload.sdk import DataHubSdkResource
+from support import Receiver, write_contract
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONTRACTS_DIR = REPO_ROOT / "datahub_assets" / "contracts"
+CONTRACTS_DIR = DEFAULT_CONTRACTS_DIR
 CONTRACT = load_contract(CONTRACTS_DIR / "user_profile.yaml")
 UPLOADED = dg.AssetKey("user_profile_uploaded")
 KEYS = range_keys(CONTRACT.batch_ranges)
@@ -67,51 +64,6 @@ def on_due_day(hour: int, minute: int) -> datetime:
 
 def range_of(batch_no: int) -> str:
     return next(k for i, k in enumerate(KEYS) if batch_no in batch_slice(i, len(KEYS), DAY_BATCHES))
-
-
-@dataclass
-class Receiver:
-    """A local HTTP server that answers every POST like Slack's API ({"ok": true})."""
-
-    url: str
-    posts: list[tuple[str, dict, dict]] = field(default_factory=list)  # (path, headers, JSON body)
-    refusing: list[bool] = field(default_factory=lambda: [False])  # answer 503 while True
-
-    def webhook_alerts(self) -> list[dict]:
-        return [body for path, _, body in self.posts if path == "/hook"]
-
-    def slack_messages(self) -> list[dict]:
-        return [body for path, _, body in self.posts if path == "/slack/chat.postMessage"]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    posts: list[tuple[str, dict, dict]] = []
-    refusing = [False]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if refusing[0]:
-                self.send_error(503)
-                return
-            posts.append((self.path, dict(self.headers), json.loads(body)))
-            reply = b'{"ok": true, "channel": "C1", "ts": "1.0"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Receiver(f"http://127.0.0.1:{server.server_port}", posts, refusing)
-    server.shutdown()
-    server.server_close()
 
 
 @dataclass
@@ -498,14 +450,8 @@ def test_a_successful_tagged_snapshot_run_fans_out_every_range_once(tmp_path: Pa
 def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_path: Path):
     # A second contract with another start date and range count: its assets have other
     # partitions definitions, so nothing may target both contracts' assets at once.
-    demo = (CONTRACTS_DIR / "user_profile.yaml").read_text()
-    (tmp_path / "user_profile.yaml").write_text(demo)
-    (tmp_path / "device_profile.yaml").write_text(
-        demo.replace("dataset: user_profile", "dataset: device_profile")
-        .replace(CONTRACT.data_uuid, "0" * 32)
-        .replace('start_date: "2026-01-01"', 'start_date: "2026-06-01"')
-        .replace("batch_ranges: 32", "batch_ranges: 8")
-    )
+    write_contract(tmp_path)
+    write_contract(tmp_path, dataset="device_profile", data_uuid="0" * 32, start_date="2026-06-01", batch_ranges=8)
     defs = build_definitions(tmp_path)
     dg.Definitions.validate_loadable(defs)
 

@@ -7,11 +7,12 @@ import dagster as dg
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from day_fixtures import CONTRACT, DAY, Day, is_bad
+from support import CONTRACT, DAY, Day, is_bad
 
-from datahub_assets.extract.synthetic import generate, write_table
+from datahub_dev.synthetic import generate, write_table
 from datahub_assets.snapshot.conform import REASON
-from datahub_assets.upload.delivery_db import Ledger, create_delivery_engine
+from datahub_assets.upload.ledger import Ledger
+from datahub_assets.upload.resources import create_delivery_engine
 
 
 @pytest.fixture

@@ -27,9 +27,10 @@ import yaml
 from conftest import DATAHUB_ANT_INSTITUTION_ID, DATAHUB_INSTITUTION_ID, USER_PROFILE_CONTRACT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from day_fixtures import DAY, Day, endpoint_receipts, write_contract
+from support import DAY, Day, endpoint_receipts, write_contract
 
-from datahub_assets.extract.synthetic import generate, write_table
+from datahub_dev.stack import contract_schema, register_keys
+from datahub_dev.synthetic import generate, write_table
 from datahub_emulator.client import EmulatorProcess
 from datahub_emulator.toolkit import init_keys, read_properties, write_properties
 
@@ -100,10 +101,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory, sdk_jar: Path) -> Itera
 
 def register_a(endpoint: EmulatorProcess, keys_file: Path) -> None:
     # Idempotent: re-registering restores a revoked grant.
-    init_keys(
-        endpoint=endpoint.url, out=keys_file, institution_id=DATAHUB_INSTITUTION_ID,
-        ant_institution_id=DATAHUB_ANT_INSTITUTION_ID, contracts=[USER_PROFILE_CONTRACT],
-    )  # fmt: skip
+    register_keys(endpoint.url, keys_file, [USER_PROFILE_CONTRACT])
 
 
 def variant(keys_file: Path, tmp_path: Path, **changes: str) -> Path:
@@ -126,7 +124,7 @@ def client_b(stack: AuthStack, tmp_path: Path, institution: str) -> Path:
     contract.write_text(yaml.safe_dump(other))
     out = tmp_path / "b" / "keys.properties"
     init_keys(endpoint=stack.endpoint.url, out=out, institution_id=institution,
-              ant_institution_id=DATAHUB_ANT_INSTITUTION_ID, contracts=[contract])  # fmt: skip
+              ant_institution_id=DATAHUB_ANT_INSTITUTION_ID, schemas=[contract_schema(contract)])  # fmt: skip
     return out
 
 

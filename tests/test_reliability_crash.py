@@ -1,7 +1,7 @@
 """Crash safety: an upload run SIGKILLed at a random point loses nothing, and its rerun
 re-sends at most the batches that were in flight.
 
-Each trial starts a real run worker in its own OS process (tests/reliability_worker.py:
+Each trial starts a real run worker in its own OS process (tests/worker.py:
 the platform's definitions, resources from the DATAHUB_* environment, the instance from
 DAGSTER_HOME, the stand-in SDK in that process's JVM), kills it with SIGKILL once a
 randomly drawn number of batches is acknowledged (plus a random fraction of a second),
@@ -27,15 +27,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from conftest import DATAHUB_ANT_INSTITUTION_ID, DATAHUB_INSTITUTION_ID, USER_PROFILE_CONTRACT
-from day_fixtures import DAY, Day, endpoint_receipts, materialization_metadata, write_contract
+from conftest import USER_PROFILE_CONTRACT
+from support import DAY, Day, endpoint_receipts, materialization_metadata, write_contract
 
-from datahub_assets.extract.synthetic import generate, write_table
-from datahub_assets.upload.delivery_db import create_delivery_engine, ledger_table
+from datahub_dev.stack import register_keys
+from datahub_dev.synthetic import generate, write_table
+from datahub_assets.upload.ledger import ledger_table
+from datahub_assets.upload.resources import create_delivery_engine
 from datahub_emulator.client import EmulatorProcess
-from datahub_emulator.toolkit import init_keys
 
-WORKER = Path(__file__).with_name("reliability_worker.py")
+WORKER = Path(__file__).with_name("worker.py")
 ROWS = 4_000  # 40 batches: about 2 s at the cap
 TRIALS = 5
 SEED = int(os.environ.get("RELIABILITY_SEED", time.time_ns() % 2**31))
@@ -59,10 +60,7 @@ def crash_stack(tmp_path_factory: pytest.TempPathFactory, sdk_jar: Path) -> Iter
     endpoint = EmulatorProcess(db_path=root / "datahub.db", log_path=root / "datahub.log")
     with endpoint:
         keys_file = root / "keys" / "keys.properties"
-        init_keys(
-            endpoint=endpoint.url, out=keys_file, institution_id=DATAHUB_INSTITUTION_ID,
-            ant_institution_id=DATAHUB_ANT_INSTITUTION_ID, contracts=[USER_PROFILE_CONTRACT],
-        )  # fmt: skip
+        register_keys(endpoint.url, keys_file, [USER_PROFILE_CONTRACT])
         contracts = write_contract(root / "contracts", batch_ranges=1)
         source = generate(ROWS, DAY, seed=11)
         with dg.instance_for_test() as instance:

@@ -22,14 +22,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from day_fixtures import DAY, Day, endpoint_receipts, materialization_metadata, write_contract
+from support import DAY, Day, endpoint_receipts, materialization_metadata, write_contract
 
-from datahub_assets.extract.synthetic import generate, write_table
+from datahub_dev.synthetic import generate, write_table
 from datahub_assets.lake import DataLake
 from datahub_assets.monitoring.notifier import Notifier
-from datahub_assets.monitoring.sensors import FAILED, build_watch_sensor
+from datahub_assets.monitoring.rules import FAILED
+from datahub_assets.monitoring.sensors import build_watch_sensor
 from datahub_assets.partitions import PARTNER_TZ, upload_partitions_def
-from datahub_assets.upload.delivery_db import DeliveryDatabase, create_delivery_engine, ledger_table
+from datahub_assets.upload.ledger import ledger_table
+from datahub_assets.upload.resources import DeliveryDatabase, create_delivery_engine
 from datahub_emulator.client import EmulatorProcess
 
 MAX_ATTEMPTS = 8  # UploadConfig's default budget per batch and run

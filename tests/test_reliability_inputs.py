@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import yaml
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from day_fixtures import CONTRACT, DAY, Day, write_contract
+from support import CONTRACT, DAY, Day, write_contract
 
 from datahub_assets.contract import load_contract
 from datahub_assets.extract.sources import SourceFormatError, landing_file_to_parquet

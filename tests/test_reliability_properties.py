@@ -19,19 +19,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from day_fixtures import CONTRACT
+from support import CONTRACT
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from datahub_assets.snapshot.conform import conform
-from datahub_assets.upload.batches import (
-    BATCH_ROWS,
-    batch_count,
-    batch_slice,
-    range_keys,
-    read_batches,
-    row_json,
-)
+from datahub_assets.partitions import BATCH_ROWS, batch_count, batch_slice, range_keys
+from datahub_assets.upload.batches import read_batches, row_json
 from datahub_assets.upload.sdk import open_client, upload_batch
 from datahub_emulator import checks
 from datahub_emulator.toolkit import read_properties

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
 import sqlalchemy as sa
-from day_fixtures import DAY, Day, write_contract
+from support import DAY, Day, write_contract
 
-from datahub_assets.extract.synthetic import write_table
+from datahub_dev.synthetic import write_table
 from datahub_assets.upload.sdk import DataHubSdkResource
 from datahub_emulator.toolkit import read_properties
 
-WORKER = Path(__file__).with_name("reliability_worker.py")
+WORKER = Path(__file__).with_name("worker.py")
 GOOD_ROWS = 300
 SECRET_KEYS = ("clientPrivateKey", "dataKey", "clientId", "dataKeyId")
 

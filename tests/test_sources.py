@@ -12,7 +12,7 @@ from datahub_assets.extract.sources import (
     SourceMissingError,
     landing_file_to_parquet,
 )
-from datahub_assets.extract.synthetic import generate, write_landing_file, write_table
+from datahub_dev.synthetic import generate, write_landing_file, write_table
 
 DAY = "2026-11-26"
 
@@ -42,6 +42,23 @@ def test_table_extract_keeps_every_value_as_text(backend, tmp_path, request):
         .sort(key, nulls_last=True)
         .equals(source.select(key).sort(key, nulls_last=True))
     )
+
+
+def test_postgres_copy_extract_cut_into_several_parts_keeps_every_row(pg_url, tmp_path):
+    source = generate(60_000, DAY, bad_share=0.05)  # about 4 MiB of CSV
+    write_table(source, pg_url)
+    out = tmp_path / "extract"
+    # The stream is cut at record boundaries once a part's bytes are reached (checked
+    # per 1 MiB read from the pipe), so 64 KiB parts give one part per read.
+    rows = SourceDatabase(url=pg_url, copy_part_bytes=64 << 10).extract_day(
+        table="user_profile", date_column="snapshot_date", day=DAY, out_dir=out
+    )
+    parts = sorted(out.glob("*.parquet"))
+    assert len(parts) > 1
+    extracted = pl.read_parquet(parts)
+    assert rows == extracted.height == 60_000
+    key = ["user_id", "user_name", "age", "screen_width", "updated_at"]
+    assert extracted.select(key).sort(key, nulls_last=True).equals(source.select(key).sort(key, nulls_last=True))
 
 
 def test_table_extract_of_an_empty_day_has_the_columns(tmp_path):

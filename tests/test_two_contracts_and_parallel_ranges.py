@@ -4,7 +4,6 @@ uploading in parallel as separate processes share one Postgres-backed limiter.""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,16 @@ import polars as pl
 from datahub_assets.contract import load_contract
 from datahub_assets.definitions import build_definitions, build_dataset_assets
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
-from datahub_assets.extract.synthetic import generate, write_landing_file, write_table
+from datahub_dev.stack import register_keys
+from datahub_dev.synthetic import generate, write_landing_file, write_table
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import DATE_DIM, RANGE_DIM
-from datahub_assets.upload.delivery_db import DeliveryDatabase
+from datahub_assets.upload.resources import DeliveryDatabase
 from datahub_assets.upload.sdk import DataHubSdkResource
-from datahub_emulator.toolkit import init_keys
+from support import configured_resources, environment_of, write_contract
 
 DAY = "2026-11-26"
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONTRACT = REPO / "datahub_assets" / "contracts" / "user_profile.yaml"
+WORKER = Path(__file__).with_name("worker.py")
 DEVICE_CONTRACT = """
 dataset: device_profile
 data_uuid: 0f6d3a0c5b7e4a1e9c2d8b6a4f1e3c5d
@@ -38,27 +37,10 @@ batch_ranges: 4
 """
 
 
-def write_contracts(directory: Path, ranges: int | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    text = DEMO_CONTRACT.read_text()
-    if ranges:
-        text = text.replace("batch_ranges: 32", f"batch_ranges: {ranges}")
-    (directory / "user_profile.yaml").write_text(text)
-    return directory
-
-
-def register_keys(tmp_path: Path, endpoint_url: str, contracts: Path) -> Path:
-    """keys.properties for every contract in the folder, registered with the endpoint."""
-    keys_file = tmp_path / "keys" / "keys.properties"
-    init_keys(endpoint=endpoint_url, out=keys_file, institution_id="WALLET_01",
-              ant_institution_id="ANT_01", contracts=sorted(contracts.glob("*.yaml")))
-    return keys_file
-
-
 def test_a_second_contract_file_adds_a_second_chain(
     tmp_path, sftp_server, datahub_endpoint, sdk_jar
 ):
-    contracts = write_contracts(tmp_path / "contracts")
+    contracts = write_contract(tmp_path / "contracts")
     (contracts / "device_profile.yaml").write_text(DEVICE_CONTRACT)
 
     defs = build_definitions(contracts)
@@ -74,7 +56,8 @@ def test_a_second_contract_file_adds_a_second_chain(
         assert graph.get(dg.AssetKey(f"{d}_snapshot")).parent_keys == {dg.AssetKey(f"{d}_extract")}
 
     # The new dataset runs end to end from an SFTP landing file, with no code change.
-    keys_file = register_keys(tmp_path, datahub_endpoint.url, contracts)
+    keys_file = tmp_path / "keys" / "keys.properties"
+    register_keys(datahub_endpoint.url, keys_file, sorted(contracts.glob("*.yaml")))
     source = generate(800, DAY)
     write_landing_file(source, sftp_server.root / "devices" / f"{DAY}.csv")
     resources = {
@@ -114,26 +97,16 @@ def test_a_second_contract_file_adds_a_second_chain(
 def test_four_ranges_in_four_processes_never_exceed_the_cap(
     tmp_path, pg_url, datahub_endpoint, sdk_jar
 ):
-    contracts = write_contracts(tmp_path / "contracts", ranges=4)
+    contracts = write_contract(tmp_path / "contracts", batch_ranges=4)
     contract = load_contract(contracts / "user_profile.yaml")
-    keys_file = register_keys(tmp_path, datahub_endpoint.url, contracts)
-    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    keys_file = tmp_path / "keys" / "keys.properties"
+    register_keys(datahub_endpoint.url, keys_file, sorted(contracts.glob("*.yaml")))
+    resources = configured_resources(tmp_path, delivery_url=pg_url, sdk_jar=sdk_jar, keys_file=keys_file)
     source = generate(36_000, DAY)
-    write_table(source, source_url)
-    env = {
-        **os.environ,
-        "DATAHUB_DATA_DIR": str(tmp_path / "lake"),
-        "DATAHUB_SOURCE_DB_URL": source_url,
-        "DATAHUB_LANDING_URL": str(tmp_path / "landing"),
-        "DATAHUB_SDK_CLASSPATH": str(sdk_jar),
-        "DATAHUB_KEYS_PATH": str(keys_file),
-        "DATAHUB_DELIVERY_DB_URL": pg_url,
-    }
+    write_table(source, resources["source_db"].url)
+    env = {**os.environ, **environment_of(resources)}
+    env.pop("DAGSTER_HOME", None)
     extract, snapshot, _ = build_dataset_assets(contracts)
-    resources = {
-        "lake": DataLake(root=env["DATAHUB_DATA_DIR"]),
-        "source_db": SourceDatabase(url=source_url),
-    }
     with dg.instance_for_test() as instance:
         assert dg.materialize(
             [extract, snapshot], partition_key=DAY, resources=resources, instance=instance
@@ -144,7 +117,7 @@ def test_four_ranges_in_four_processes_never_exceed_the_cap(
     logs = [tmp_path / f"worker-{r}.log" for r in "0123"]
     workers = [
         subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "upload_worker.py"), str(contracts), "user_profile", f"{r}|{DAY}"],
+            [sys.executable, str(WORKER), str(contracts), DAY, "--ranges", r],
             env=env,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

@@ -30,8 +30,8 @@ from ui_fixtures import (  # noqa: F401  (fixtures)
 )
 
 from datahub_assets.lake import DataLake
-from datahub_assets.partitions import DATE_DIM, RANGE_DIM
-from datahub_assets.upload.batches import batch_slice, range_keys, read_batches
+from datahub_assets.partitions import DATE_DIM, RANGE_DIM, batch_slice, range_keys
+from datahub_assets.upload.batches import read_batches
 
 LINEAGE = ["user_profile_extract", "user_profile_snapshot", "user_profile_uploaded"]
 LOCATION = "datahub_assets"  # workspace.yaml

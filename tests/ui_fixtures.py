@@ -25,12 +25,12 @@ import dagster as dg
 import pytest
 
 from datahub_assets.contract import load_contract
-from datahub_assets.definitions import build_dataset_assets, build_resources
-from datahub_assets.extract.synthetic import generate, write_table
-from datahub_assets.partitions import partner_today
-from datahub_assets.upload.batches import batch_count, batch_slice, range_keys
+from datahub_assets.definitions import build_dataset_assets
+from datahub_assets.resources import build_resources
+from datahub_dev.synthetic import generate, write_table
+from datahub_assets.partitions import batch_count, batch_slice, partner_today, range_keys
 from datahub_emulator.client import free_port
-from datahub_emulator.stack import LocalStack, start_local_stack
+from datahub_dev.stack import LocalStack, start_local_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = REPO_ROOT / "datahub_assets" / "contracts"
@@ -88,7 +88,7 @@ class PreparedDay:
 @pytest.fixture(scope="module")
 def prepared_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreparedDay]:
     """The local stack, a 2,000-row source for yesterday (GMT+8), and that day's extract
-    and snapshot materialized in the stack's instance, as scripts/demo.py does."""
+    and snapshot materialized in the stack's instance, as the demo (datahub_dev/demo.py) does."""
     stack = start_local_stack(tmp_path_factory.mktemp("ui") / "stack")
     try:
         Path(stack.env["DAGSTER_HOME"], "dagster.yaml").write_text(DAGSTER_YAML)

@@ -8,14 +8,14 @@ import dagster as dg
 from datahub_assets.contract import Contract
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase, landing_file_to_parquet
 from datahub_assets.lake import DataLake
-from datahub_assets.partitions import daily_partitions_def
+from datahub_assets.partitions import Stage, asset_name, daily_partitions_def
 
 
 def build_extract_asset(contract: Contract) -> dg.AssetsDefinition:
     source = contract.source
 
     common = dict(
-        name=f"{contract.dataset}_extract",
+        name=asset_name(contract, Stage.EXTRACT),
         group_name=contract.dataset,
         partitions_def=daily_partitions_def(contract),
     )

@@ -24,6 +24,8 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import Field
 
+from datahub_assets.sql import create_engine
+
 _PART_ROWS = 500_000
 
 
@@ -44,12 +46,11 @@ class SourceDatabase(dg.ConfigurableResource):
     """The wallet's relational source (PostgreSQL in production, SQLite for the demo)."""
 
     url: str
+    # CSV bytes per Parquet part of a Postgres extract: bounds the extract's memory.
+    copy_part_bytes: int = Field(default=64 << 20, gt=0)
 
     def _engine(self) -> sa.Engine:
-        url = self.url
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-        return sa.create_engine(url)
+        return create_engine(self.url)
 
     def extract_day(self, *, table: str, date_column: str, day: str, out_dir: Path) -> int:
         """Write the day's rows, all columns as text, as Parquet parts in out_dir; return the row count."""
@@ -58,13 +59,13 @@ class SourceDatabase(dg.ConfigurableResource):
         engine = self._engine()
         try:
             if engine.dialect.name == "postgresql":
-                return self._copy_postgres(engine, table, date_column, day, out_dir)
+                return self._copy_postgres(engine, table, date_column, day, out_dir, self.copy_part_bytes)
             return self._read_batches(engine, table, date_column, day, out_dir)
         finally:
             engine.dispose()
 
     @staticmethod
-    def _copy_postgres(engine: sa.Engine, table: str, date_column: str, day: str, out_dir: Path) -> int:
+    def _copy_postgres(engine: sa.Engine, table: str, date_column: str, day: str, out_dir: Path, part_bytes: int) -> int:
         # The date is bound by Postgres' own literal quoting, never formatted in by hand.
         conn = engine.raw_connection()
         try:
@@ -72,7 +73,7 @@ class SourceDatabase(dg.ConfigurableResource):
             select = cur.mogrify(
                 f"SELECT * FROM {_quote_ident(table)} WHERE {_quote_ident(date_column)} = %s", (day,)
             ).decode()
-            with _CsvToParquetParts(out_dir) as sink:
+            with _CsvToParquetParts(out_dir, part_bytes) as sink:
                 cur.copy_expert(f"COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER true)", sink.file)
         finally:
             conn.close()
@@ -95,7 +96,6 @@ class SourceDatabase(dg.ConfigurableResource):
         return rows
 
 
-_CHUNK_BYTES = 64 << 20  # CSV bytes per Parquet part of a Postgres extract
 _PIPE_READ_BYTES = 1 << 20
 # The extract is read once, by the snapshot, right after: lz4 writes about twice as
 # fast as the default zstd, for somewhat bigger files. The values are the same either way.
@@ -108,21 +108,21 @@ class _CsvToParquetParts:
 
     psycopg2 writes the stream, one row per call, into a buffered pipe (C code, as cheap
     as writing a file). A reader thread cuts what comes out of the pipe into chunks of
-    about `_CHUNK_BYTES` at record boundaries; a converter thread parses each chunk
+    about `chunk_bytes` at record boundaries; a converter thread parses each chunk
     with polars (`read_csv`, every column as text: the same parser and options as
     `scan_csv` on the whole file) and writes it as part-NNNNN.parquet, in stream order.
     At most two chunks wait between the threads, so memory stays bounded. On any error
     the parts written so far are removed.
     """
 
-    def __init__(self, out_dir: Path, chunk_bytes: int | None = None):
+    def __init__(self, out_dir: Path, chunk_bytes: int):
         read_fd, write_fd = os.pipe()
         try:  # a 1 MiB pipe (Linux; the default is 64 KiB): fewer wake-ups on both sides
             fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, _PIPE_READ_BYTES)
         except (AttributeError, OSError):
             pass
         self._out_dir = out_dir
-        self._chunk_bytes = chunk_bytes or _CHUNK_BYTES
+        self._chunk_bytes = chunk_bytes
         self._reader_file = os.fdopen(read_fd, "rb", buffering=0)
         self.file = os.fdopen(write_fd, "wb", buffering=_PIPE_READ_BYTES)
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)

@@ -1,8 +1,5 @@
-"""Watching the deliveries: failed, late and at-risk dates, per (date, batch range).
-
-Each state is read from the Dagster instance (per-partition status of <dataset>_uploaded),
-the ledger (batches acknowledged S or refused F) and the snapshot (the day's batch count),
-then shown twice:
+"""Watching the deliveries, wired into Dagster: each rule's state per business date is
+shown twice:
 - as an asset-check result on <dataset>_uploaded (the checks are declared by
   `build_delivery_checks`; executing them by hand runs the same evaluation), and
 - as an alert through the notifier, once per (dataset, date, range) and state: each sensor
@@ -13,260 +10,24 @@ then shown twice:
 
 import json
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from datahub_assets.contract import Contract
 from datahub_assets.lake import DataLake
-from datahub_assets.monitoring.notifier import Alert, Notifier, ranges_text
-from datahub_assets.monitoring.planner import Plan, deadline_for, plan
-from datahub_assets.monitoring.schedules import stage_key
-from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM, partner_today, upload_partitions_def
-from datahub_assets.upload.batches import batch_count, batch_slice, range_keys, snapshot_row_count
-from datahub_assets.upload.delivery_db import DeliveryDatabase, Ledger
+from datahub_assets.monitoring.notifier import Alert, Notifier
+from datahub_assets.monitoring.progress import read_watched_days
+from datahub_assets.monitoring.rules import WATCHES, CheckOutcome, Watch
+from datahub_assets.partitions import Stage, asset_key, partner_today, utc_now
+from datahub_assets.upload.resources import DeliveryDatabase
 
-NOT_FAILED_CHECK = "uploaded_not_failed"
-ON_TIME_CHECK = "uploaded_on_time"
-NOT_AT_RISK_CHECK = "uploaded_not_at_risk"
-
-DEFAULT_LOOKBACK_DAYS = 3  # business dates watched: yesterday (GMT+8) and the two before
+DEFAULT_LOOKBACK_DAYS = 3  # business dates watched: the one due today and the two before
 WATCH_INTERVAL_S = 120
 
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class DayProgress:
-    """One business date of one dataset, as the instance, the ledger and the lake see it."""
-
-    day: str
-    range_keys: tuple[str, ...]
-    materialized: frozenset[str]  # range keys whose latest materialization stands
-    runs_failed: frozenset[str]  # range keys whose latest run failed
-    batches_failed: Mapping[str, int]  # range key -> batches the ledger holds as F
-    total_batches: int | None  # None: no snapshot yet, and none the day before either
-    total_is_estimate: bool  # no snapshot yet: the day before's count stands in
-    acked_batches: int  # acknowledged S in the ledger
-    measured_rate: float  # batches/s acknowledged lately; 0 when nothing was measured
-    cap: float
-
-    @property
-    def complete(self) -> bool:
-        every_range = len(self.materialized) == len(self.range_keys)
-        every_batch = self.total_batches is not None and not self.total_is_estimate and self.acked_batches >= self.total_batches
-        return every_range or every_batch
-
-    @property
-    def missing_ranges(self) -> tuple[str, ...]:
-        return tuple(k for k in self.range_keys if k not in self.materialized)
-
-    @property
-    def remaining_batches(self) -> int | None:
-        return None if self.total_batches is None else max(0, self.total_batches - self.acked_batches)
-
-    def outlook(self, now: datetime) -> Plan:
-        """The planner's view from `now`: the measured rate, or the cap when none was measured."""
-        return plan(
-            batches=self.remaining_batches or 0,
-            cap=self.cap,
-            start=now,
-            deadline=deadline_for(self.day),
-            measured_rate=self.measured_rate or self.cap,
-        )
-
-
-def _failed_batches_by_range(ledger: Ledger, contract: Contract, day: str, total_batches: int) -> dict[str, int]:
-    keys = range_keys(contract.batch_ranges)
-    starts = [batch_slice(i, len(keys), total_batches).start for i in range(len(keys))]
-    by_range: dict[str, int] = {}
-    for number, entry in ledger.entries(contract.data_uuid, day).items():
-        if entry.status == "F" and number < total_batches:
-            # The last range starting at or before the batch holds it (empty ranges share starts).
-            key = keys[bisect_right(starts, number) - 1]
-            by_range[key] = by_range.get(key, 0) + 1
-    return by_range
-
-
-def _day_batches(lake: DataLake, dataset: str, day: str) -> int | None:
-    path = lake.snapshot_path(dataset, day)
-    return batch_count(snapshot_row_count(path)) if path.exists() else None
-
-
-def read_day_progress(
-    instance: dg.DagsterInstance, contract: Contract, day: str, *, ledger: Ledger, lake: DataLake, cap: float
-) -> DayProgress:
-    keys = tuple(range_keys(contract.batch_ranges))
-    key_of = {dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: k}): k for k in keys}
-    status = (
-        instance.get_status_by_partition(stage_key(contract, "uploaded"), list(key_of), upload_partitions_def(contract))
-        or {}
-    )
-    counts = ledger.status_counts(contract.data_uuid, day)
-    total = _day_batches(lake, contract.dataset, day)
-    estimate = None
-    if total is None:
-        # Before the snapshot exists, the day before's size is the best guess of the work.
-        estimate = _day_batches(lake, contract.dataset, (date.fromisoformat(day) - timedelta(days=1)).isoformat())
-    # Only a day with F rows pays for reading its ledger rows; uploads read the snapshot,
-    # so F rows imply one exists.
-    failed = _failed_batches_by_range(ledger, contract, day, total) if counts.get("F") and total is not None else {}
-    return DayProgress(
-        day=day,
-        range_keys=keys,
-        materialized=frozenset(k for pk, k in key_of.items() if status.get(pk) == dg.AssetPartitionStatus.MATERIALIZED),
-        runs_failed=frozenset(k for pk, k in key_of.items() if status.get(pk) == dg.AssetPartitionStatus.FAILED),
-        batches_failed=failed,
-        total_batches=total if total is not None else estimate,
-        total_is_estimate=total is None and estimate is not None,
-        acked_batches=counts.get("S", 0),
-        measured_rate=ledger.acked_rate(contract.data_uuid, day),
-        cap=cap,
-    )
-
-
-def watched_days(contract: Contract, now: datetime, lookback_days: int) -> list[str]:
-    """Yesterday in GMT+8 (the delivery due today) and the dates before it, newest first."""
-    yesterday = partner_today(now) - timedelta(days=1)
-    days = [(yesterday - timedelta(days=i)).isoformat() for i in range(lookback_days)]
-    return [d for d in days if d >= contract.start_date]
-
-
-def read_watched_days(
-    instance: dg.DagsterInstance, contract: Contract, now: datetime, *,
-    delivery_db: DeliveryDatabase, lake: DataLake, lookback_days: int,
-) -> list[DayProgress]:
-    ledger = delivery_db.ledger()
-    return [
-        read_day_progress(instance, contract, day, ledger=ledger, lake=lake, cap=delivery_db.cap_per_second)
-        for day in watched_days(contract, now, lookback_days)
-    ]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One business date in a state: the ranges concerned and the numbers behind it."""
-
-    day: str
-    ranges: tuple[str, ...]
-    summary: str  # numbers and dates only
-    numbers: Mapping[str, float]
-
-
-def failed_finding(p: DayProgress, now: datetime) -> Finding | None:
-    ranges = tuple(sorted(p.runs_failed | set(p.batches_failed)))
-    if not ranges:
-        return None
-    batches = sum(p.batches_failed.values())
-    return Finding(
-        p.day,
-        ranges,
-        f"{len(ranges)} of {len(p.range_keys)} ranges failed: {len(p.runs_failed)} failed runs, {batches} batches refused (F)",
-        {"ranges_failed": len(ranges), "runs_failed": len(p.runs_failed), "batches_failed": batches},
-    )
-
-
-def late_finding(p: DayProgress, now: datetime) -> Finding | None:
-    deadline = deadline_for(p.day)
-    if now < deadline or p.complete:
-        return None
-    ranges = p.missing_ranges
-    minutes = int((now - deadline).total_seconds() // 60)
-    numbers = {"ranges_missing": len(ranges), "minutes_past_deadline": minutes}
-    if p.remaining_batches is not None:
-        numbers["batches_remaining"] = p.remaining_batches
-    return Finding(
-        p.day,
-        ranges,
-        f"{len(ranges)} of {len(p.range_keys)} ranges not delivered {minutes} min after the 10:00 GMT+8 deadline",
-        numbers,
-    )
-
-
-def at_risk_finding(p: DayProgress, now: datetime) -> Finding | None:
-    # At risk only while there is time to act; after the deadline the date is late.
-    if now >= deadline_for(p.day) or p.complete or p.total_batches is None:
-        return None
-    outlook = p.outlook(now)
-    if not outlook.at_risk:
-        return None
-    return Finding(
-        p.day,
-        p.missing_ranges,
-        f"ETA {outlook.eta.astimezone(PARTNER_TZ):%H:%M} GMT+8, {-outlook.slack_s / 60:.0f} min after the deadline: "
-        f"{outlook.batches} batches left at {outlook.total_rate:.2f} batches/s",
-        {
-            "batches_total": p.total_batches,
-            "batches_remaining": outlook.batches,
-            "rate_batches_per_s": round(outlook.total_rate, 3),
-            "eta_s": round(outlook.duration_s, 1),
-            "slack_s": round(outlook.slack_s, 1),
-            "total_is_estimate": int(p.total_is_estimate),
-        },
-    )
-
-
-@dataclass(frozen=True)
-class Watch:
-    """One state the sensors watch for, and the asset check that shows it."""
-
-    state: str
-    check_name: str
-    severity: dg.AssetCheckSeverity
-    find: Callable[[DayProgress, datetime], Finding | None]
-    check_description: str
-    all_clear: str
-
-    def findings(self, days: Sequence[DayProgress], now: datetime) -> list[Finding]:
-        return [f for p in days if (f := self.find(p, now)) is not None]
-
-
-FAILED = Watch(
-    "failed", NOT_FAILED_CHECK, dg.AssetCheckSeverity.ERROR, failed_finding,
-    "No upload run of a watched date failed and no batch was refused (F).",
-    "No range of a watched date has failed.",
-)
-LATE = Watch(
-    "late", ON_TIME_CHECK, dg.AssetCheckSeverity.ERROR, late_finding,
-    "Every batch range of each watched date was delivered by 10:00 GMT+8 the next day.",
-    "No watched date is late.",
-)
-AT_RISK = Watch(
-    "at_risk", NOT_AT_RISK_CHECK, dg.AssetCheckSeverity.WARN, at_risk_finding,
-    "At the measured rate (the cap when nothing is measured), the date due today finishes before 10:00 GMT+8.",
-    "The date due today is on course for 10:00 GMT+8.",
-)
-WATCHES = (FAILED, LATE, AT_RISK)
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    passed: bool
-    severity: dg.AssetCheckSeverity
-    description: str
-    metadata: Mapping[str, float]
-    fingerprint: str  # the dates and ranges flagged; the numbers alone (an ETA) change every tick
-
-    @classmethod
-    def of(cls, watch: Watch, findings: Sequence[Finding]) -> "CheckOutcome":
-        fingerprint = json.dumps([[f.day, *f.ranges] for f in findings])
-        if not findings:
-            return cls(True, watch.severity, watch.all_clear, {"dates_flagged": 0}, fingerprint)
-        newest = findings[0]  # watched days come newest first
-        return cls(
-            False,
-            watch.severity,
-            "; ".join(f"{f.day}: {f.summary} (ranges {ranges_text(f.ranges)})" for f in findings),
-            {"dates_flagged": len(findings), "ranges_flagged": sum(len(f.ranges) for f in findings), **newest.numbers},
-            fingerprint,
-        )
 
 
 def build_delivery_checks(
@@ -277,7 +38,7 @@ def build_delivery_checks(
     They are executable as well: a hand run evaluates the watched dates exactly as the
     sensors do, without notifying anyone.
     """
-    uploaded = stage_key(contract, "uploaded")
+    uploaded = asset_key(contract, Stage.UPLOADED)
 
     @dg.multi_asset_check(
         name=f"{contract.dataset}_delivery_checks",
@@ -352,7 +113,7 @@ def build_watch_sensor(
             # Report a result when it changes, or when a range was materialized since: the UI
             # shows a check's result only while it is newer than the asset's latest
             # materialization. Not every tick: the event log keeps every result.
-            uploaded = stage_key(contract, "uploaded")
+            uploaded = asset_key(contract, Stage.UPLOADED)
             latest = context.instance.fetch_materializations(uploaded, limit=1).records
             reported = f"{outcome.fingerprint}@{latest[0].storage_id if latest else 0}"
             if memory.outcomes.get(contract.dataset) != reported:

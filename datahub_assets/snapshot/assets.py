@@ -1,15 +1,12 @@
 """<dataset>_snapshot: the day conformed to the contract, with its checks."""
 
-from datetime import date, timedelta
-
 import dagster as dg
 import polars as pl
 
 from datahub_assets.contract import Contract, PartnerType
 from datahub_assets.lake import DataLake
-from datahub_assets.partitions import daily_partitions_def
+from datahub_assets.partitions import Stage, asset_name, batch_count, daily_partitions_def, previous_date
 from datahub_assets.snapshot.conform import conform, unused_source_columns
-from datahub_assets.upload.batches import batch_count
 
 SCHEMA_CHECK = "schema_conforms"
 REJECT_SHARE_CHECK = "reject_share_under_threshold"
@@ -38,7 +35,7 @@ def schema_violations(contract: Contract, snapshot: pl.LazyFrame) -> dict[str, i
 
 
 def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    name = f"{contract.dataset}_snapshot"
+    name = asset_name(contract, Stage.SNAPSHOT)
 
     @dg.asset(
         name=name,
@@ -100,7 +97,7 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
             passed=stats.reject_share <= contract.max_reject_share,
             metadata={"reject_share": stats.reject_share, "threshold": contract.max_reject_share},
         )
-        previous = lake.snapshot_path(contract.dataset, str(date.fromisoformat(day) - timedelta(days=1)))
+        previous = lake.snapshot_path(contract.dataset, previous_date(day))
         if previous.exists():
             before = pl.scan_parquet(previous).select(pl.len()).collect().item()
             change = abs(stats.snapshot_rows - before) / before if before else float(stats.snapshot_rows > 0)

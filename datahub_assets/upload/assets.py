@@ -6,10 +6,22 @@ import dagster as dg
 
 from datahub_assets.contract import Contract
 from datahub_assets.lake import DataLake
-from datahub_assets.monitoring.planner import deadline_for, plan
-from datahub_assets.partitions import DATE_DIM, is_current_day, split_upload_key, upload_partitions_def
-from datahub_assets.upload.batches import batch_count, batch_slice, range_keys, read_batches, snapshot_row_count
-from datahub_assets.upload.delivery_db import DeliveryDatabase
+from datahub_assets.partitions import (
+    DATE_DIM,
+    Stage,
+    asset_name,
+    batch_count,
+    batch_slice,
+    deadline_for,
+    is_current_day,
+    range_keys,
+    split_upload_key,
+    upload_partitions_def,
+)
+from datahub_assets.planning import plan
+from datahub_assets.upload.batches import read_batches, snapshot_row_count
+from datahub_assets.upload.outcome import BatchStatus
+from datahub_assets.upload.resources import DeliveryDatabase
 from datahub_assets.upload.sdk import DataHubSdkResource
 from datahub_assets.upload.sender import RangeSender, RetryPolicy
 
@@ -28,7 +40,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
     keys = range_keys(contract.batch_ranges)
 
     @dg.asset(
-        name=f"{contract.dataset}_uploaded",
+        name=asset_name(contract, Stage.UPLOADED),
         group_name=contract.dataset,
         partitions_def=partitions_def,
         deps=[
@@ -63,7 +75,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         ledger = delivery_db.ledger()
 
         sender = RangeSender(
-            upload=lambda rows: sdk.upload(data_uuid=contract.data_uuid, rows=rows),
+            client=sdk,
             ledger=ledger,
             limiter=delivery_db.limiter(),
             data_uuid=contract.data_uuid,
@@ -81,7 +93,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
 
         # The day's outlook from the whole ledger (every range, every machine) at its
         # measured rate: the same arithmetic as the planner CLI and the at-risk sensor.
-        remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get("S", 0)
+        remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
         day_plan = plan(
             batches=remaining,
             cap=delivery_db.cap_per_second,

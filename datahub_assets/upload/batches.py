@@ -1,10 +1,6 @@
-"""Batch numbering and batch ranges: pure functions over a sorted snapshot.
-
-The snapshot is sorted by id, so batch i is rows [100 i, 100 i + 100) on every run.
-Each day's batches are cut into a fixed number of contiguous ranges; a range key is
-the zero-padded range number ("00".."31"), and its slice depends only on the day's
-batch count. Never one partition per batch: 250k partitions a day would sink the UI.
-"""
+"""A day's batches as the partner receives them, read from the sorted snapshot: each row
+a JSON object of strings, each batch with the hash of its content (the ledger's key to
+"already delivered")."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-BATCH_ROWS = 100  # the partner's batch size
+from datahub_assets.partitions import BATCH_ROWS
 
 
 @dataclass(frozen=True)
@@ -23,22 +19,6 @@ class Batch:
     number: int
     rows: list[str]  # each row a JSON object of string values, in contract column order
     content_hash: str
-
-
-def range_keys(range_count: int) -> list[str]:
-    width = len(str(range_count - 1))
-    return [str(k).zfill(width) for k in range(range_count)]
-
-
-def batch_count(row_count: int) -> int:
-    return -(-row_count // BATCH_ROWS)
-
-
-def batch_slice(range_index: int, range_count: int, total_batches: int) -> range:
-    """The batch numbers of one range: contiguous, disjoint, and covering every batch."""
-    if not 0 <= range_index < range_count:
-        raise ValueError(f"range {range_index} outside 0..{range_count - 1}")
-    return range(range_index * total_batches // range_count, (range_index + 1) * total_batches // range_count)
 
 
 def row_json(record: dict[str, str | None]) -> str:

@@ -11,24 +11,18 @@ from __future__ import annotations
 import os
 import stat
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 from pydantic import PrivateAttr
+
+from datahub_assets.upload.outcome import BatchStatus, UploadOutcome
 
 SDK_CLIENT_CLASS = "com.alipay.idatahub.client.DataUploadClient"
 
 
 class KeysFileError(PermissionError):
     """keys.properties is missing or readable by other users."""
-
-
-@dataclass(frozen=True)
-class UploadOutcome:
-    status: str  # S, U or F; an SDK exception counts as U (unknown outcome)
-    code: str
-    trace_id: str
 
 
 def check_keys_file(path: str) -> None:
@@ -52,10 +46,9 @@ def _start_jvm(classpath: list[str], jvm_options: list[str]) -> None:
     missing = [c for c in classpath if not Path(c).exists()]
     if missing:
         raise FileNotFoundError(f"SDK classpath entries not found: {missing}")
-    # The JVM is shut down at interpreter exit (JPype's default, onexit=True): skipping
-    # that left JVM threads running while the process tore down, and 1 exit in 12
-    # aborted with SIGABRT (measured), which fails an otherwise good step. The SDK's own
-    # threads are closed in teardown_after_execution, so the shutdown has none to wait on.
+    # The JVM is shut down at interpreter exit (JPype's default): a process torn down
+    # under running JVM threads can abort (docs/reliability.md). The SDK's own threads
+    # are closed in teardown_after_execution, so the shutdown has none to wait on.
     jpype.startJVM(*jvm_options, classpath=classpath, convertStrings=False)
 
 
@@ -79,17 +72,24 @@ def upload_batch(client, data_uuid: str, rows: list[str]) -> UploadOutcome:  # n
         result = client.uploadData(data_uuid, data)
     except jpype.JException as exc:
         # Only the exception class: its message could quote a value.
-        return UploadOutcome(status="U", code=f"SDK_EXCEPTION:{exc.getClass().getSimpleName()}", trace_id="")
+        return UploadOutcome(status=BatchStatus.UNKNOWN, code=f"SDK_EXCEPTION:{exc.getClass().getSimpleName()}", trace_id="")
     status = str(result.getResultStatus())
+    # A status outside the documented S/U/F is an outcome we cannot vouch for: unknown.
+    known = status in (BatchStatus.SUCCESS, BatchStatus.UNKNOWN, BatchStatus.FAILED)
     code = str(result.getResultCode())
     if code == "UNKOWN_EXCEPTION":  # the partner's document spells it both ways
         code = "UNKNOWN_EXCEPTION"
     trace = result.getTraceId()
-    return UploadOutcome(status=status if status in ("S", "U", "F") else "U", code=code, trace_id=str(trace) if trace is not None else "")
+    return UploadOutcome(
+        status=BatchStatus(status) if known else BatchStatus.UNKNOWN,
+        code=code,
+        trace_id=str(trace) if trace is not None else "",
+    )
 
 
 class DataHubSdkResource(dg.ConfigurableResource):
-    """The DataHub upload client (the partner's Java SDK) inside this process's JVM."""
+    """The DataHub upload client (the partner's Java SDK) inside this process's JVM: the
+    production `UploadClient`."""
 
     classpath: str  # the SDK jar plus its dependencies, os.pathsep-separated
     keys_path: str  # keys.properties; must be private to its owner

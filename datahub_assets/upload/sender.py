@@ -1,7 +1,7 @@
 """Send one range of a day's batches: a thread pool under the global limiter, with
 every attempt and result in the ledger.
 
-Outcomes (DESIGN.md): S is done. U, or an SDK exception, is retried with backoff and
+Outcomes: S is done. U, or an SDK exception, is retried with backoff and
 jitter, and every retry takes a limiter slot. PARAM_ILLEGAL, DATA_CHECK_FAILED and
 any other F are never retried blindly: the batch is marked failed and the others go
 on. A crash loses nothing: the ledger skips batches acknowledged with S and an
@@ -17,13 +17,14 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from datahub_assets.upload.batches import Batch
-from datahub_assets.upload.delivery_db import Ledger, RateLimiter
-from datahub_assets.upload.sdk import UploadOutcome
+from datahub_assets.upload.ledger import Ledger
+from datahub_assets.upload.limiter import RateLimiter
+from datahub_assets.upload.outcome import BatchStatus, UploadClient, UploadOutcome
 
 
 # Set once any SDK call in this process has returned: from then on the JVM (one per
@@ -40,7 +41,7 @@ def _gc_frozen() -> Iterator[None]:
 
     An upload process holds millions of long-lived objects (Dagster, SQLAlchemy,
     polars, the batches). Each full (generation 2) collection walks all of them with
-    the GIL held: measured 23 pauses of up to 126 ms in 30 s of sending. A thread
+    the GIL held, for up to a hundred milliseconds (docs/performance.md). A thread
     that wakes for its limiter slot during one wakes that much late, and its slot is
     lost (or, sent late, it bunches up with the next requests at the partner).
     gc.freeze() moves those objects out of the collector's sight; memory is still
@@ -92,19 +93,11 @@ class RangeReport:
         return self.rows_sent / self.seconds if self.seconds else 0.0
 
 
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    rows_per_s: float
-    eta_s: float
-
-
 class RangeSender:
     def __init__(
         self,
         *,
-        upload: Callable[[list[str]], UploadOutcome],
+        client: UploadClient,
         ledger: Ledger,
         limiter: RateLimiter,
         data_uuid: str,
@@ -114,9 +107,8 @@ class RangeSender:
         retry: RetryPolicy,
         log: logging.Logger,
         progress_every_s: float = 10.0,
-        on_progress: Callable[[Progress], None] | None = None,
     ):
-        self._upload = upload
+        self._client = client
         self._ledger = ledger
         self._limiter = limiter
         self._data_uuid = data_uuid
@@ -126,7 +118,6 @@ class RangeSender:
         self._retry = retry
         self._log = log
         self._progress_every_s = progress_every_s
-        self._on_progress = on_progress
         self._lock = threading.Lock()
         self._report = RangeReport()
 
@@ -138,7 +129,7 @@ class RangeSender:
         acked = self._ledger.entries(self._data_uuid, self._day, numbers)
         return [
             b for b in batches
-            if not ((e := acked.get(b.number)) and e.status == "S" and e.content_hash == b.content_hash)
+            if not ((e := acked.get(b.number)) and e.status is BatchStatus.SUCCESS and e.content_hash == b.content_hash)
         ]
 
     def send(self, batches: list[Batch]) -> RangeReport:
@@ -183,12 +174,12 @@ class RangeSender:
                 self._report.attempts += 1
                 self._report.retries += attempt > 1
                 self._report.throttled += outcome.code == "THROTTLED"
-            if outcome.status == "S":
+            if outcome.status is BatchStatus.SUCCESS:
                 with self._lock:
                     self._report.batches_sent += 1
                     self._report.rows_sent += len(batch.rows)
                 return
-            if outcome.status == "F" or attempt >= self._retry.max_attempts:
+            if outcome.status is BatchStatus.FAILED or attempt >= self._retry.max_attempts:
                 with self._lock:
                     self._report.batches_failed += 1
                     self._report.failed_codes[outcome.code] += 1
@@ -203,29 +194,20 @@ class RangeSender:
     def _send_in_slot(self, batch: Batch, alone: bool) -> UploadOutcome:
         if alone:
             with self._limiter.exclusive(priority=self._priority):
-                outcome = self._upload(batch.rows)
+                outcome = self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
         else:
             self._limiter.acquire(priority=self._priority)
-            outcome = self._upload(batch.rows)
+            outcome = self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
         _process_has_uploaded.set()  # one call has run through the SDK: its code paths are warm
         return outcome
-
-    def progress(self, started: float, total: int) -> Progress:
-        with self._lock:
-            finished = self._report.batches_sent + self._report.batches_failed
-            rows = self._report.rows_sent
-        elapsed = max(time.monotonic() - started, 1e-9)
-        batch_rate = finished / elapsed
-        eta = (total - finished) / batch_rate if batch_rate else float("inf")
-        return Progress(done=finished, total=total, rows_per_s=rows / elapsed, eta_s=eta)
 
     def _tick(self, started: float, total: int, done: threading.Event) -> None:
         """Progress at a steady cadence, not once per batch."""
         while not done.wait(self._progress_every_s):
-            p = self.progress(started, total)
-            self._log.info(
-                "progress: %d/%d batches, %.0f rows/s, ETA %.0f s", p.done, p.total, p.rows_per_s, p.eta_s
-            )
-            if self._on_progress:
-                self._on_progress(p)
-
+            with self._lock:
+                finished = self._report.batches_sent + self._report.batches_failed
+                rows = self._report.rows_sent
+            elapsed = max(time.monotonic() - started, 1e-9)
+            rate = finished / elapsed
+            eta = f"{(total - finished) / rate:.0f} s" if rate else "unknown"
+            self._log.info("progress: %d/%d batches, %.0f rows/s, ETA %s", finished, total, rows / elapsed, eta)

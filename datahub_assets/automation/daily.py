@@ -20,8 +20,14 @@ from datetime import datetime, time, timedelta, timezone
 import dagster as dg
 
 from datahub_assets.contract import Contract
-from datahub_assets.partitions import DATE_DIM, PARTNER_TZ_NAME, RANGE_DIM, partner_today
-from datahub_assets.upload.batches import range_keys
+from datahub_assets.partitions import (
+    PARTNER_TZ_NAME,
+    Stage,
+    asset_key,
+    business_date,
+    range_keys,
+    upload_partition_key,
+)
 
 # The reference day (25M rows = 250,000 batches) takes 12,500 s (3 h 28 min) at the
 # partner's cap, so its uploads must begin by 06:31 GMT+8; 05:30 leaves an hour for the
@@ -35,20 +41,10 @@ FAN_OUT_INTERVAL_S = 30
 FAN_OUT_FIRST_LOOKBACK = timedelta(days=1)  # a newly started sensor ignores older runs
 
 
-def stage_key(contract: Contract, stage: str) -> dg.AssetKey:
-    """The asset key of a dataset's stage ("extract", "snapshot", "uploaded")."""
-    return dg.AssetKey(f"{contract.dataset}_{stage}")
-
-
-def business_date(now: datetime) -> str:
-    """The date being delivered: yesterday in GMT+8."""
-    return (partner_today(now) - timedelta(days=1)).isoformat()
-
-
 def build_daily_delivery_schedule(contract: Contract, *, start: time = DEFAULT_START) -> dg.ScheduleDefinition:
     """Extract and snapshot the business date at `start` GMT+8: one schedule per contract,
     since one run can only hold assets of one partitions definition (start dates differ)."""
-    stages = [stage_key(contract, "extract"), stage_key(contract, "snapshot")]
+    stages = [asset_key(contract, Stage.EXTRACT), asset_key(contract, Stage.SNAPSHOT)]
 
     @dg.schedule(
         name=f"{contract.dataset}_daily_schedule",
@@ -62,7 +58,7 @@ def build_daily_delivery_schedule(contract: Contract, *, start: time = DEFAULT_S
         ),
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        day = business_date(context.scheduled_execution_time or datetime.now(timezone.utc))
+        day = business_date(context.scheduled_execution_time)
         if day < contract.start_date:
             return dg.SkipReason(f"{day} is before the contract's start date {contract.start_date}")
         return dg.RunRequest(
@@ -75,7 +71,7 @@ def build_daily_delivery_schedule(contract: Contract, *, start: time = DEFAULT_S
 def build_upload_fan_out_sensor(contract: Contract) -> dg.SensorDefinition:
     """After each successful snapshot run tagged for this dataset: one upload run per
     (date, range). One sensor per contract, for the same reason as the schedule."""
-    snapshot, uploaded = stage_key(contract, "snapshot"), stage_key(contract, "uploaded")
+    snapshot, uploaded = asset_key(contract, Stage.SNAPSHOT), asset_key(contract, Stage.UPLOADED)
 
     @dg.sensor(
         name=f"{contract.dataset}_upload_fan_out_sensor",
@@ -114,7 +110,7 @@ def build_upload_fan_out_sensor(contract: Contract) -> dg.SensorDefinition:
             requests += [
                 dg.RunRequest(
                     run_key=f"{run.run_id}:{key}",
-                    partition_key=dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: key}),
+                    partition_key=upload_partition_key(day, key),
                     asset_selection=[uploaded],
                     asset_check_keys=[],
                 )

@@ -15,6 +15,8 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
+from datahub_assets.sql import create_engine
+
 BAD_ROW_KINDS = (
     ("user_id", None),
     ("age", "24.5"),
@@ -27,16 +29,6 @@ BAD_ROW_KINDS = (
 _FIRST = ["alice", "bob", "chen", "dewi", "emre", "farah", "gita", "hiro", "ines", "juan", "kofi", "lina"]
 _LAST = ["tan", "lim", "wong", "ng", "santos", "reyes", "kim", "park", "sato", "ali", "khan", "lee"]
 _WIDTHS = [5.4, 5.8, 6.1, 6.1, 6.4, 6.5, 6.7, 6.9, 10.2, 12.9]
-
-SOURCE_SCHEMA = {
-    "user_id": pl.String,
-    "user_name": pl.String,
-    "age": pl.String,
-    "screen_width": pl.String,
-    "snapshot_date": pl.String,
-    "updated_at": pl.String,
-}
-
 
 def generate(rows: int, day: str, bad_share: float = 0.0, seed: int = 7, version: int = 0) -> pl.DataFrame:
     """`rows` source rows for `day`; `bad_share` of them break the contract.
@@ -71,9 +63,7 @@ def generate(rows: int, day: str, bad_share: float = 0.0, seed: int = 7, version
 
 def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> None:
     """Append to a source table, creating it if needed (every column TEXT, like a legacy source)."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    engine = sa.create_engine(url)
+    engine = create_engine(url)
     cols = ", ".join(f'"{c}" TEXT' for c in frame.columns)
     try:
         with engine.begin() as conn:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +28,15 @@ def main() -> None:
     parser.add_argument("--ui-port", type=int, default=3000)
     args = parser.parse_args()
 
-    from datahub_assets.extract.synthetic import generate, write_table
-    from datahub_assets.partitions import partner_today
-    from datahub_emulator.stack import start_local_stack
+    from datahub_assets.partitions import business_date
+    from datahub_dev.stack import start_local_stack
+    from datahub_dev.synthetic import generate, write_table
 
     # SIGTERM ends the demo like Ctrl-C does, so the endpoint is stopped with it.
     signal.signal(signal.SIGTERM, _interrupt)
     stack = start_local_stack(args.var, port=args.endpoint_port)
     os.environ.update(stack.env)
-    day = str(partner_today() - timedelta(days=1))
+    day = business_date()
     write_table(generate(args.rows, day, args.bad_share), stack.env["DATAHUB_SOURCE_DB_URL"])
     print(f"endpoint {stack.endpoint.url}; keys {stack.env['DATAHUB_KEYS_PATH']} (mode 600)")
     print(f"source: {args.rows} rows for {day}, {args.bad_share:.0%} of them broken")
@@ -65,31 +64,32 @@ def deliver_day(day: str, stack) -> None:  # noqa: ANN001
     import dagster as dg
 
     from datahub_assets.contract import load_contracts
-    from datahub_assets.definitions import build_dataset_assets, build_resources
-    from datahub_assets.partitions import DATE_DIM, RANGE_DIM
-    from datahub_assets.upload.batches import range_keys
+    from datahub_assets.definitions import build_dataset_assets
+    from datahub_assets.partitions import Stage, asset_name, range_keys, upload_partition_key
+    from datahub_assets.resources import build_resources
 
     started = time.monotonic()
     resources = build_resources()
-    assets = {a.key.to_user_string(): a for a in build_dataset_assets(REPO_ROOT / "datahub_assets" / "contracts")}
+    assets = {a.key.to_user_string(): a for a in build_dataset_assets(stack.contracts_dir)}
     with dg.DagsterInstance.get() as instance:
-        for contract in load_contracts():
+        for contract in load_contracts(stack.contracts_dir):
             name = contract.dataset
+            snapshot, uploaded = asset_name(contract, Stage.SNAPSHOT), asset_name(contract, Stage.UPLOADED)
             prepared = dg.materialize(
-                [assets[f"{name}_extract"], assets[f"{name}_snapshot"]],
+                [assets[asset_name(contract, Stage.EXTRACT)], assets[snapshot]],
                 partition_key=day, resources=resources, instance=instance, raise_on_error=False,
             )
-            snap = {k: v.value for k, v in prepared.asset_materializations_for_node(f"{name}_snapshot")[0].metadata.items()} if prepared.success else {}
+            snap = {k: v.value for k, v in prepared.asset_materializations_for_node(snapshot)[0].metadata.items()} if prepared.success else {}
             if not prepared.success:
                 sys.exit(f"{name}: extract/snapshot failed; open the UI (scripts/demo.sh --ui) to see why")
             sent = failed = 0
             for key in range_keys(contract.batch_ranges):
                 result = dg.materialize(
-                    [assets[f"{name}_uploaded"]],
-                    partition_key=dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: key}),
+                    [assets[uploaded]],
+                    partition_key=upload_partition_key(day, key),
                     resources=resources, instance=instance, raise_on_error=False,
                 )
-                mats = result.asset_materializations_for_node(f"{name}_uploaded")
+                mats = result.asset_materializations_for_node(uploaded)
                 if mats:
                     sent += mats[0].metadata["batches_sent"].value
                 else:

@@ -1,28 +1,28 @@
-"""Run part of a day in this process, as a run worker would (reliability tests).
+"""Run part of a day in this OS process, as a run worker would (the tests' one worker).
 
-    python tests/reliability_worker.py CONTRACTS_DIR DATE [--prepare] [--ranges all|K,K]
-        [--config JSON]
+    python tests/worker.py CONTRACTS_DIR DATE [--prepare] [--ranges all|K,K] [--config JSON]
 
 --prepare materializes the extract and the snapshot of DATE; --ranges then uploads the
-given batch ranges one run each. Resources come from the DATAHUB_* environment (the
-EnvVars of datahub_assets/definitions.py) and the instance from DAGSTER_HOME, as in
-production. Exits 1 if any run failed. Prints nothing itself: the tests read its
-stdout and stderr for leaked values.
+given batch ranges one run each. Resources come from the DATAHUB_* environment
+(datahub_assets/resources.py), as in production; the instance from DAGSTER_HOME, or an
+ephemeral one when it is unset. Exits 1 if any run failed. Prints nothing itself: the
+tests read its stdout and stderr for leaked values.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import dagster as dg
 
 from datahub_assets.contract import load_contracts
-from datahub_assets.definitions import build_dataset_assets, build_resources
-from datahub_assets.partitions import DATE_DIM, RANGE_DIM
-from datahub_assets.upload.batches import range_keys
+from datahub_assets.definitions import build_dataset_assets
+from datahub_assets.resources import build_resources
+from datahub_assets.partitions import range_keys, upload_partition_key
 
 
 def _resources_for(assets: list[dg.AssetsDefinition]) -> dict:
@@ -46,7 +46,8 @@ def main() -> int:
         if a.key.to_user_string().startswith(contract.dataset)
     )
     ok = True
-    with dg.DagsterInstance.get() as instance:
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    with instance:
         if args.prepare:
             result = dg.materialize(
                 [extract, snapshot],
@@ -60,7 +61,7 @@ def main() -> int:
         for key in keys:
             result = dg.materialize(
                 [uploaded],
-                partition_key=dg.MultiPartitionKey({DATE_DIM: args.date, RANGE_DIM: key}),
+                partition_key=upload_partition_key(args.date, key),
                 resources=_resources_for([uploaded]),
                 instance=instance,
                 raise_on_error=False,

@@ -1,0 +1,140 @@
+"""The alert rules: which state (failed, late, at risk) a business date is in, and the
+numbers behind it. Pure functions of a `DayProgress` and the time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import dagster as dg
+
+from datahub_assets.monitoring.notifier import ranges_text
+from datahub_assets.monitoring.progress import DayProgress
+from datahub_assets.partitions import PARTNER_TZ, deadline_for
+
+NOT_FAILED_CHECK = "uploaded_not_failed"
+ON_TIME_CHECK = "uploaded_on_time"
+NOT_AT_RISK_CHECK = "uploaded_not_at_risk"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One business date in a state: the ranges concerned and the numbers behind it."""
+
+    day: str
+    ranges: tuple[str, ...]
+    summary: str  # numbers and dates only
+    numbers: Mapping[str, float]
+
+
+def failed_finding(p: DayProgress, now: datetime) -> Finding | None:
+    ranges = tuple(sorted(p.runs_failed | set(p.batches_failed)))
+    if not ranges:
+        return None
+    batches = sum(p.batches_failed.values())
+    return Finding(
+        p.day,
+        ranges,
+        f"{len(ranges)} of {len(p.range_keys)} ranges failed: {len(p.runs_failed)} failed runs, {batches} batches refused (F)",
+        {"ranges_failed": len(ranges), "runs_failed": len(p.runs_failed), "batches_failed": batches},
+    )
+
+
+def late_finding(p: DayProgress, now: datetime) -> Finding | None:
+    deadline = deadline_for(p.day)
+    if now < deadline or p.complete:
+        return None
+    ranges = p.missing_ranges
+    minutes = int((now - deadline).total_seconds() // 60)
+    numbers = {"ranges_missing": len(ranges), "minutes_past_deadline": minutes}
+    if p.remaining_batches is not None:
+        numbers["batches_remaining"] = p.remaining_batches
+    return Finding(
+        p.day,
+        ranges,
+        f"{len(ranges)} of {len(p.range_keys)} ranges not delivered {minutes} min after the 10:00 GMT+8 deadline",
+        numbers,
+    )
+
+
+def at_risk_finding(p: DayProgress, now: datetime) -> Finding | None:
+    # At risk only while there is time to act; after the deadline the date is late.
+    if now >= deadline_for(p.day) or p.complete or p.total_batches is None:
+        return None
+    outlook = p.outlook(now)
+    if not outlook.at_risk:
+        return None
+    return Finding(
+        p.day,
+        p.missing_ranges,
+        f"ETA {outlook.eta.astimezone(PARTNER_TZ):%H:%M} GMT+8, {-outlook.slack_s / 60:.0f} min after the deadline: "
+        f"{outlook.batches} batches left at {outlook.total_rate:.2f} batches/s",
+        {
+            "batches_total": p.total_batches,
+            "batches_remaining": outlook.batches,
+            "rate_batches_per_s": round(outlook.total_rate, 3),
+            "eta_s": round(outlook.duration_s, 1),
+            "slack_s": round(outlook.slack_s, 1),
+            "total_is_estimate": int(p.total_is_estimate),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One state the sensors watch for, and the asset check that shows it."""
+
+    state: str
+    check_name: str
+    severity: dg.AssetCheckSeverity
+    find: Callable[[DayProgress, datetime], Finding | None]
+    check_description: str
+    all_clear: str
+
+    def findings(self, days: Sequence[DayProgress], now: datetime) -> list[Finding]:
+        return [f for p in days if (f := self.find(p, now)) is not None]
+
+
+FAILED = Watch(
+    "failed", NOT_FAILED_CHECK, dg.AssetCheckSeverity.ERROR, failed_finding,
+    "No upload run of a watched date failed and no batch was refused (F).",
+    "No range of a watched date has failed.",
+)
+LATE = Watch(
+    "late", ON_TIME_CHECK, dg.AssetCheckSeverity.ERROR, late_finding,
+    "Every batch range of each watched date was delivered by 10:00 GMT+8 the next day.",
+    "No watched date is late.",
+)
+AT_RISK = Watch(
+    "at_risk", NOT_AT_RISK_CHECK, dg.AssetCheckSeverity.WARN, at_risk_finding,
+    "At the measured rate (the cap when nothing is measured), the date due today finishes before 10:00 GMT+8.",
+    "The date due today is on course for 10:00 GMT+8.",
+)
+WATCHES = (FAILED, LATE, AT_RISK)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    severity: dg.AssetCheckSeverity
+    description: str
+    metadata: Mapping[str, float]
+    fingerprint: str  # the dates and ranges flagged; the numbers alone (an ETA) change every tick
+
+    @classmethod
+    def of(cls, watch: Watch, findings: Sequence[Finding]) -> "CheckOutcome":
+        fingerprint = json.dumps([[f.day, *f.ranges] for f in findings])
+        if not findings:
+            return cls(True, watch.severity, watch.all_clear, {"dates_flagged": 0}, fingerprint)
+        newest = findings[0]  # watched days come newest first
+        return cls(
+            False,
+            watch.severity,
+            "; ".join(f"{f.day}: {f.summary} (ranges {ranges_text(f.ranges)})" for f in findings),
+            {"dates_flagged": len(findings), "ranges_flagged": sum(len(f.ranges) for f in findings), **newest.numbers},
+            fingerprint,
+        )
+
+

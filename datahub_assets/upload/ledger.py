@@ -1,0 +1,128 @@
+"""The upload ledger: one row per (dataUuid, day, batch), written before and after every
+attempt. Rerun-safe: a batch acknowledged with S and the same content is never sent again,
+and a crash leaves what was in flight visible as P."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from datahub_assets.upload.database import insert, metadata
+from datahub_assets.upload.outcome import BatchStatus
+
+
+ledger_table = sa.Table(
+    "upload_ledger",
+    metadata,
+    sa.Column("data_uuid", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("batch_no", sa.Integer, primary_key=True),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(1), nullable=False),  # a BatchStatus
+    sa.Column("result_code", sa.String(64)),
+    sa.Column("trace_id", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("first_sent_at", sa.Float),
+    sa.Column("last_sent_at", sa.Float),
+    sa.Column("acked_at", sa.Float),
+)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    batch_no: int
+    content_hash: str
+    status: BatchStatus
+    result_code: str | None
+    attempts: int
+
+
+class Ledger:
+    """One row per (dataUuid, day, batch): rerun-safe, since acknowledged batches are skipped."""
+
+    def __init__(self, engine: sa.Engine):
+        self._engine = engine
+        # The two statements of every attempt are built once, with bound parameters:
+        # building and cache-keying a fresh construct per call cost more CPU (and GIL
+        # time, which delays the upload threads waking for their limiter slots) than
+        # the round trip itself.
+        t = ledger_table
+        now = sa.bindparam("now", type_=sa.Float)
+        content_hash = sa.bindparam("content_hash", type_=sa.String)
+        self._mark_sending = insert(engine, t).values(
+            data_uuid=sa.bindparam("data_uuid", type_=sa.String), day=sa.bindparam("day", type_=sa.String),
+            batch_no=sa.bindparam("batch_no", type_=sa.Integer), content_hash=content_hash,
+            status=BatchStatus.IN_FLIGHT.value, attempts=1, first_sent_at=now, last_sent_at=now,
+        ).on_conflict_do_update(
+            index_elements=["data_uuid", "day", "batch_no"],
+            set_={"content_hash": content_hash, "status": BatchStatus.IN_FLIGHT.value, "attempts": t.c.attempts + 1, "last_sent_at": now, "acked_at": None},
+        )
+        self._record_result = (
+            sa.update(t)
+            .where(
+                t.c.data_uuid == sa.bindparam("k_data_uuid", type_=sa.String),
+                t.c.day == sa.bindparam("k_day", type_=sa.String),
+                t.c.batch_no == sa.bindparam("k_batch_no", type_=sa.Integer),
+            )
+            .values(
+                status=sa.bindparam("v_status", type_=sa.String), result_code=sa.bindparam("v_code", type_=sa.String),
+                trace_id=sa.bindparam("v_trace_id", type_=sa.String), acked_at=sa.bindparam("v_acked_at", type_=sa.Float),
+            )
+        )
+
+    def entries(self, data_uuid: str, day: str, batches: range | None = None) -> dict[int, LedgerEntry]:
+        t = ledger_table
+        query = sa.select(t.c.batch_no, t.c.content_hash, t.c.status, t.c.result_code, t.c.attempts).where(
+            t.c.data_uuid == data_uuid, t.c.day == day
+        )
+        if batches is not None:
+            query = query.where(t.c.batch_no >= batches.start, t.c.batch_no < batches.stop)
+        with self._engine.connect() as conn:
+            return {
+                r.batch_no: LedgerEntry(r.batch_no, r.content_hash, BatchStatus(r.status), r.result_code, r.attempts)
+                for r in conn.execute(query)
+            }
+
+    def mark_sending(self, data_uuid: str, day: str, batch_no: int, content_hash: str) -> None:
+        """Written before each attempt, so a crash leaves the batch visibly in flight."""
+        params = {"data_uuid": data_uuid, "day": day, "batch_no": batch_no, "content_hash": content_hash, "now": time.time()}
+        with self._engine.begin() as conn:
+            conn.execute(self._mark_sending, params)
+
+    def record_result(
+        self, data_uuid: str, day: str, batch_no: int, status: BatchStatus, code: str, trace_id: str
+    ) -> None:
+        status = BatchStatus(status)
+        params = {
+            "k_data_uuid": data_uuid, "k_day": day, "k_batch_no": batch_no, "v_status": status.value, "v_code": code,
+            "v_trace_id": trace_id, "v_acked_at": time.time() if status is BatchStatus.SUCCESS else None,
+        }
+        with self._engine.begin() as conn:
+            conn.execute(self._record_result, params)
+
+    def status_counts(self, data_uuid: str, day: str) -> dict[BatchStatus, int]:
+        t = ledger_table
+        query = (
+            sa.select(t.c.status, sa.func.count())
+            .where(t.c.data_uuid == data_uuid, t.c.day == day)
+            .group_by(t.c.status)
+        )
+        with self._engine.connect() as conn:
+            return {BatchStatus(status): n for status, n in conn.execute(query)}
+
+    def acked_rate(self, data_uuid: str, day: str, window_s: float = 300.0) -> float:
+        """Batches acknowledged per second over the last window: the measured rate."""
+        t = ledger_table
+        since = time.time() - window_s
+        query = sa.select(sa.func.count(), sa.func.min(t.c.acked_at), sa.func.max(t.c.acked_at)).where(
+            t.c.data_uuid == data_uuid, t.c.day == day, t.c.status == BatchStatus.SUCCESS.value, t.c.acked_at >= since
+        )
+        with self._engine.connect() as conn:
+            n, first, last = conn.execute(query).one()
+        if n < 2 or last <= first:
+            return 0.0
+        return (n - 1) / (last - first)
+
+

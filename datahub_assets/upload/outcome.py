@@ -1,0 +1,30 @@
+"""The partner boundary's vocabulary: what one upload call returns, the ledger's batch
+states, and the interface every upload client (the SDK resource) implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class BatchStatus(StrEnum):
+    """A batch's state in the ledger: in flight, or the partner's answer."""
+
+    IN_FLIGHT = "P"  # sent, no answer recorded yet
+    SUCCESS = "S"
+    UNKNOWN = "U"  # the outcome is unknown: retried
+    FAILED = "F"  # refused (PARAM_ILLEGAL, DATA_CHECK_FAILED, ...): never retried blindly
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    status: BatchStatus  # S, U or F; an SDK exception counts as U (unknown outcome)
+    code: str
+    trace_id: str
+
+
+class UploadClient(Protocol):
+    """Sends one batch of one dataset and says what the partner answered."""
+
+    def upload(self, *, data_uuid: str, rows: list[str]) -> UploadOutcome: ...

@@ -1,0 +1,80 @@
+"""The delivery database as a Dagster resource: the ledger and the global limiter, in one
+database shared by every uploader."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import PrivateAttr
+
+from datahub_assets.sql import create_engine
+from datahub_assets.upload.database import metadata
+from datahub_assets.upload.ledger import Ledger
+from datahub_assets.upload.limiter import RateLimiter
+
+
+def create_delivery_engine(url: str) -> sa.Engine:
+    """An engine for the ledger and limiter, with the tables created if missing."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            # WAL lets readers (sensors, the UI) run while uploads write.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_size=16, max_overflow=8, pool_pre_ping=True)
+    _create_tables(engine)
+    return engine
+
+
+def _create_tables(engine: sa.Engine, tries: int = 5) -> None:
+    """Create the tables if missing. Uploaders start together (one process per range), and
+    CREATE TABLE IF NOT EXISTS can still collide in both databases; after a collision
+    the tables exist, so trying again settles it."""
+    for attempt in range(1, tries + 1):
+        try:
+            metadata.create_all(engine)
+            return
+        except sa.exc.DBAPIError:
+            if attempt == tries:
+                raise
+            time.sleep(0.05 * attempt * (1 + random.random()))
+
+
+class DeliveryDatabase(dg.ConfigurableResource):
+    """The ledger and the global limiter, in one database shared by every uploader.
+
+    `url` is a SQLAlchemy URL: sqlite:///path for one machine, postgresql://... in
+    production (take it from an EnvVar: it may carry a password).
+    """
+
+    url: str
+    cap_per_second: float = 20.0  # the partner's cap across all machines
+    headroom: float = 0.98  # share of the cap used: the margin absorbs send-time jitter
+
+    _engine = PrivateAttr(default=None)
+    _lock = PrivateAttr(default_factory=threading.Lock)
+
+    def engine(self) -> sa.Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = create_delivery_engine(self.url)
+            return self._engine
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.engine())
+
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.engine(), self.cap_per_second, self.headroom)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()

@@ -1,0 +1,81 @@
+"""The local stand-in stack on one machine: the endpoint, registered keys, and the
+environment the platform's resources read (the demo, the UI test, the benchmarks).
+Everything lives under one folder (default `var/`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contract
+from datahub_assets.resources import resource_environment
+from datahub_emulator.client import EmulatorProcess
+from datahub_emulator.toolkit import ContractSchema, KeysInfo, init_keys
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SDK_JAR = REPO_ROOT / "build" / "sdk" / "datahub-sdk-standin.jar"
+LOCAL_INSTANCE_YAML = REPO_ROOT / "deploy" / "local" / "dagster.yaml"
+INSTITUTION_ID = "WALLET_01"
+ANT_INSTITUTION_ID = "ANT_01"
+
+
+def contract_schema(path: Path) -> ContractSchema:
+    """A data contract's schema as the partner's toolkit registers it."""
+    return ContractSchema.from_json(load_contract(Path(path)).partner_schema())
+
+
+def register_keys(endpoint_url: str, out: Path, contracts: Iterable[Path], rotate: bool = False) -> KeysInfo:
+    """keys.properties at `out` (mode 0600), registered with the endpoint for every contract."""
+    return init_keys(
+        endpoint=endpoint_url,
+        out=Path(out),
+        institution_id=INSTITUTION_ID,
+        ant_institution_id=ANT_INSTITUTION_ID,
+        schemas=[contract_schema(p) for p in contracts],
+        rotate=rotate,
+    )
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    endpoint: EmulatorProcess
+    contracts_dir: Path = DEFAULT_CONTRACTS_DIR
+
+    @property
+    def keys_path(self) -> Path:
+        return self.root / "keys" / "keys.properties"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """DAGSTER_HOME and the platform's settings; alert channels empty (off)."""
+        return {
+            "DAGSTER_HOME": str(self.root / "dagster_home"),
+            **resource_environment(
+                {
+                    "lake": {"root": self.root / "lake"},
+                    "source_db": {"url": f"sqlite:///{self.root / 'source.db'}"},
+                    "landing": {"url": self.root / "landing"},
+                    "sdk": {"classpath": SDK_JAR, "keys_path": self.keys_path},
+                    "delivery_db": {"url": f"sqlite:///{self.root / 'delivery.db'}"},
+                }
+            ),
+        }
+
+
+def start_local_stack(
+    root: Path, port: int = 0, cap: int | None = None, contracts_dir: Path = DEFAULT_CONTRACTS_DIR
+) -> LocalStack:
+    """Start the endpoint, create and register the keys, and prepare DAGSTER_HOME."""
+    root = root.resolve()
+    for sub in ("dagster_home", "lake", "landing", "keys"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "keys", 0o700)
+    shutil.copyfile(LOCAL_INSTANCE_YAML, root / "dagster_home" / "dagster.yaml")
+    endpoint = EmulatorProcess(db_path=root / "datahub.db", port=port, cap=cap, log_path=root / "datahub.log").start()
+    stack = LocalStack(root=root, endpoint=endpoint, contracts_dir=contracts_dir)
+    register_keys(endpoint.url, stack.keys_path, sorted(contracts_dir.glob("*.yaml")))
+    return stack
