@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
+import secrets
 import signal
+import socket
 from pathlib import Path
 
 import uvicorn
 
-from datahub_emulator.app import create_app
+from datahub_emulator.app import AdminAccess, create_app, loopback_hosts
+from datahub_emulator.client import ADMIN_TOKEN_ENV
 from datahub_emulator.faults import DEFAULT_CAP, FaultConfig
 
 
@@ -18,9 +23,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m datahub_emulator",
         description="Local stand-in for the Alipay+ DataHub server (loopback only).",
     )
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--db", type=Path, required=True, help="SQLite file (created if absent)")
+    parser.add_argument(
+        "--port-file", type=Path, help="write the port actually bound here once listening"
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help=f"where to write the admin token (mode 0600; default DB.admin-token); "
+        f"the token is ${ADMIN_TOKEN_ENV} if set, else a new random one",
+    )
     parser.add_argument("--cap", type=int, default=DEFAULT_CAP, help="batches per sliding second")
     parser.add_argument("--latency-median-ms", type=float, default=0.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
@@ -33,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--admin-from-anywhere",
         action="store_true",
-        help="serve /admin/* to non-loopback clients too (it has no authentication)",
+        help="serve /admin/* to non-loopback clients and any Host too (the token still applies)",
     )
     return parser.parse_args(argv)
 
@@ -47,6 +61,7 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
             "f_rate": args.f_rate,
             "lost_ack_rate": args.lost_ack_rate,
             "cap": args.cap,
+            "seed": args.seed,
         }
     )
 
@@ -54,13 +69,27 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    app = create_app(
-        args.db, fault_config(args), args.seed, admin_loopback_only=not args.admin_from_anywhere
+    faults = fault_config(args)
+    # Bound here, before uvicorn starts, so that the port is known (also when asked for
+    # port 0) and reported only once this process owns it.
+    sock = _listen(args.host, args.port)
+    port = int(sock.getsockname()[1])
+    # From the environment rather than a flag: every user of the machine can read the
+    # command lines of its processes.
+    token = os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(32)
+    token_file = args.admin_token_file or args.db.with_name(args.db.name + ".admin-token")
+    write_private(token_file, token + "\n")
+    hosts = set(loopback_hosts(port))
+    if _is_loopback(args.host) and ":" not in args.host:
+        hosts.add(f"{args.host.lower()}:{port}")  # e.g. 127.0.0.2
+    access = AdminAccess(
+        token=token,
+        hosts=None if args.admin_from_anywhere else frozenset(hosts),
+        loopback_only=not args.admin_from_anywhere,
     )
+    app = create_app(args.db, faults, access)
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
         log_level="warning",
         access_log=False,
         # uvloop and httptools when installed: the endpoint's own overhead per request
@@ -73,12 +102,44 @@ def main(argv: list[str] | None = None) -> None:
         server_header=False,
         date_header=False,
     )
+    if args.port_file is not None:
+        write_private(args.port_file, f"{port}\n")
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, drains, then runs the
     # lifespan shutdown, which closes (and checkpoints) the database. Afterwards it
     # re-raises the signal into the handlers it found; these make that a normal exit 0.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_quietly)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        token_file.unlink(missing_ok=True)  # the token dies with this process
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    return socket.create_server(address, family=family, backlog=2048)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,53 +18,76 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datahub_emulator import admin
 from datahub_emulator.faults import FaultConfig
 from datahub_emulator.service import UploadService
-from datahub_emulator.store import Store
+from datahub_emulator.store import RegistrationConflict, Store
 
 UPLOAD_PATH = "/datahub/v1/upload"
+
+MIB = 1024 * 1024
+# An upload is at most 100 rows. The demo contract's worst case, 4 columns each at the
+# contract's 64 KiB value limit (max_value_bytes), is 100 x 4 x 87.4 KB of base64 AES-GCM
+# ciphertext = 33.4 MiB; typical batches are tens of KB.
+MAX_UPLOAD_BYTES = 40 * MIB
+# A reconcile call carries a run's row ids (about 2 million ids of 32 characters).
+MAX_RECONCILE_BYTES = 64 * MIB
+# Everything else (registrations, fault configs) is a few KB.
+MAX_OTHER_BYTES = 1 * MIB
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(
-    db_path: Path,
-    faults: FaultConfig,
-    seed: int | None = None,
-    *,
-    admin_loopback_only: bool = True,
-) -> Starlette:
+@dataclass(frozen=True, slots=True)
+class AdminAccess:
+    """Who may call /admin/*: the bearer of `token`, through a Host in `hosts` (None: any
+    Host), from loopback only unless `loopback_only` is off."""
+
+    token: str
+    hosts: frozenset[str] | None
+    loopback_only: bool = True
+
+
+def loopback_hosts(port: int) -> frozenset[str]:
+    """The Host headers that name this endpoint on loopback."""
+    return frozenset(f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]"))
+
+
+def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIApp:
     """The endpoint as an ASGI app; the database opens at startup and closes at shutdown."""
-    holder: dict[str, UploadService] = {}
+    holder: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         store = Store(db_path)
-        holder["service"] = UploadService(store, faults, seed)
+        holder["service"] = UploadService(store, faults)
+        holder["release"] = asyncio.Event()
         try:
             yield
         finally:
             store.close()
 
     def service() -> UploadService:
-        return holder["service"]
+        service: UploadService = holder["service"]
+        return service
 
     async def upload(request: Request) -> Response:
         body = await request.body()
-        svc = service()
         # Everything up to the answer is synchronous, so arrival and admission share
         # one clock reading and the throttle sees requests in arrival order.
-        answer = svc.handle(body, request.headers, time.time())
-        delay = svc.injector.latency_s()
+        answer, delay = service().handle(body, request.headers, time.time())
         if delay:
-            await asyncio.sleep(delay)
+            await _delay(delay, holder["release"])
         return JSONResponse(answer)
 
     async def register(request: Request) -> Response:
         registration = admin.parse_registration(await _json(request))
-        service().store.register(registration)
+        try:
+            service().store.register(registration)
+        except RegistrationConflict as conflict:
+            return JSONResponse({"error": str(conflict)}, status_code=409)
         service().on_registrations_changed()
         return JSONResponse({"registered": registration.client_id})
 
@@ -78,7 +104,7 @@ def create_app(
             raise admin.AdminError("body must be a JSON object")
         injector = service().injector
         try:
-            injector.config = injector.config.merged(patch)
+            injector.configure(injector.config.merged(patch))
         except ValueError as error:
             raise admin.AdminError(str(error)) from None
         return JSONResponse(injector.config.to_json())
@@ -101,13 +127,17 @@ def create_app(
 
     async def reset(_: Request) -> Response:
         service().reset()
+        # Answers still held by injected latency go out now: a reset starts afresh.
+        holder["release"].set()
+        holder["release"] = asyncio.Event()
         return JSONResponse({"reset": True})
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"ok": True})
+        # The pid lets the process that started this endpoint tell it from another server.
+        return JSONResponse({"ok": True, "pid": os.getpid()})
 
     def _admin(handler: Handler) -> Handler:
-        return _admin_route(handler, loopback_only=admin_loopback_only)
+        return _admin_route(handler, access)
 
     routes = [
         Route(UPLOAD_PATH, upload, methods=["POST"]),
@@ -120,7 +150,15 @@ def create_app(
         Route("/admin/reset", _admin(reset), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    limits = {UPLOAD_PATH: MAX_UPLOAD_BYTES, "/admin/reconcile": MAX_RECONCILE_BYTES}
+    return BodyLimit(Starlette(routes=routes, lifespan=lifespan), limits, MAX_OTHER_BYTES)
+
+
+async def _delay(seconds: float, release: asyncio.Event) -> None:
+    try:
+        await asyncio.wait_for(release.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 def _is_loopback(host: str) -> bool:
@@ -133,20 +171,40 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def _admin_route(handler: Handler, *, loopback_only: bool) -> Handler:
-    """Guard an admin handler: loopback callers only (it has no authentication), and a bad
-    payload becomes HTTP 400 with a message that names no secret."""
+def _admin_route(handler: Handler, access: AdminAccess) -> Handler:
+    """Guard an admin handler, cheapest check first; a bad payload becomes HTTP 400 with a
+    message that names no secret.
+
+    Loopback callers only; a Host naming this endpoint (a web page that rebinds its own
+    name to 127.0.0.1 sends its own Host); the bearer token (any other local process);
+    JSON bodies only (a cross-origin form post cannot send that type without a CORS
+    preflight, which this endpoint never grants).
+    """
+    expected = f"Bearer {access.token}".encode()
 
     async def wrapped(request: Request) -> Response:
         client_host = request.client.host if request.client else ""
-        if loopback_only and not _is_loopback(client_host):
-            return JSONResponse({"error": "admin API is served to loopback only"}, status_code=403)
+        if access.loopback_only and not _is_loopback(client_host):
+            return _error(403, "admin API is served to loopback only")
+        if access.hosts is not None and request.headers.get("host", "").lower() not in access.hosts:
+            return _error(421, "Host does not name this endpoint")
+        authorization = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(authorization, expected):
+            return _error(401, "admin token required", {"WWW-Authenticate": "Bearer"})
+        if request.method == "POST":
+            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type != "application/json":
+                return _error(415, "Content-Type must be application/json")
         try:
             return await handler(request)
         except admin.AdminError as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
+            return _error(400, str(error))
 
     return wrapped
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _json(request: Request) -> Any:
@@ -154,3 +212,54 @@ async def _json(request: Request) -> Any:
         return json.loads(await request.body())
     except (UnicodeDecodeError, ValueError):
         raise admin.AdminError("body is not JSON") from None
+
+
+class BodyLimit:
+    """Refuses a request body over its path's limit with HTTP 413, before buffering it.
+
+    The body is read here, counted as it arrives (a chunked body declares no length), and
+    handed on whole, so no route can be made to buffer more than its limit.
+    """
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self.app = app
+        self.limits = limits
+        self.default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.get(scope["path"], self.default)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(scope, receive, send, limit)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _too_large(scope, receive, send, limit)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # waits for the disconnect
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = _error(413, f"body over {limit} bytes", {"Connection": "close"})
+    await response(scope, receive, send)

@@ -13,6 +13,18 @@ from datahub_emulator import codes
 DEFAULT_CAP = 20
 WINDOW_S = 1.0
 
+# Scripted outcomes besides "U/<code>" and "F/<code>": the batch is stored but answered
+# U/UNKNOWN_EXCEPTION, as when the acknowledgement is lost on its way back.
+LOST_ACK = "lost_ack"
+SCRIPTED_OUTCOMES = frozenset(
+    {
+        f"{codes.STATUS_UNKNOWN}/{codes.UNKNOWN_EXCEPTION}",
+        f"{codes.STATUS_UNKNOWN}/{codes.THROTTLED}",
+        LOST_ACK,
+        *(f"{codes.STATUS_FAILED}/{code}" for code in codes.FAILED_CODES),
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Outage:
@@ -21,6 +33,38 @@ class Outage:
 
     def covers(self, now: float) -> bool:
         return self.start <= now < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Scripted:
+    """What happens to one upload request, picked by its number (1-based)."""
+
+    request: int
+    outcome: str | None = None  # one of SCRIPTED_OUTCOMES; None: processed as usual
+    latency_ms: float | None = None  # None: the usual latency draw
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"request": self.request}
+        if self.outcome is not None:
+            entry["outcome"] = self.outcome
+        if self.latency_ms is not None:
+            entry["latency_ms"] = self.latency_ms
+        return entry
+
+    @property
+    def throttled(self) -> bool:
+        return self.outcome == f"{codes.STATUS_UNKNOWN}/{codes.THROTTLED}"
+
+    @property
+    def lost_ack(self) -> bool:
+        return self.outcome == LOST_ACK
+
+    def raise_if_rejected(self) -> None:
+        """Answer U/UNKNOWN_EXCEPTION or an F code here; other outcomes act elsewhere."""
+        if self.outcome is None or self.throttled or self.lost_ack:
+            return
+        status, _, code = self.outcome.partition("/")
+        raise codes.Rejection(status, code, "injected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +78,8 @@ class FaultConfig:
     lost_ack_rate: float = 0.0
     outages: tuple[Outage, ...] = field(default_factory=tuple)
     cap: int = DEFAULT_CAP
+    seed: int | None = None
+    scripted: tuple[Scripted, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +89,8 @@ class FaultConfig:
             "lost_ack_rate": self.lost_ack_rate,
             "outages": [{"start": o.start, "end": o.end} for o in self.outages],
             "cap": self.cap,
+            "seed": self.seed,
+            "scripted": [entry.to_json() for entry in self.scripted],
         }
 
     def merged(self, patch: Mapping[str, Any]) -> FaultConfig:
@@ -66,6 +114,13 @@ class FaultConfig:
             changes["outages"] = _outages(patch["outages"])
         if "cap" in patch:
             changes["cap"] = _positive_int(patch["cap"], "cap")
+        if "seed" in patch:
+            seed = patch["seed"]
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError("seed must be an integer or null")
+            changes["seed"] = seed
+        if "scripted" in patch:
+            changes["scripted"] = _scripted(patch["scripted"])
         return replace(self, **changes)
 
 
@@ -114,6 +169,30 @@ def _outages(value: Any) -> tuple[Outage, ...]:
     return tuple(outages)
 
 
+def _scripted(value: Any) -> tuple[Scripted, ...]:
+    if not isinstance(value, list):
+        raise ValueError("scripted must be a list")
+    entries: dict[int, Scripted] = {}
+    for item in value:
+        body = _mapping(item, "scripted entry")
+        unknown = set(body) - {"request", "outcome", "latency_ms"}
+        if unknown:
+            raise ValueError(f"unknown scripted keys: {sorted(unknown)}")
+        request = _positive_int(body.get("request"), "scripted.request")
+        if request in entries:
+            raise ValueError(f"request {request} is scripted twice")
+        outcome = body.get("outcome")
+        if outcome is not None and outcome not in SCRIPTED_OUTCOMES:
+            raise ValueError(f"scripted.outcome must be one of {sorted(SCRIPTED_OUTCOMES)}")
+        latency = body.get("latency_ms")
+        if latency is not None:
+            latency = _non_negative(latency, "scripted.latency_ms")
+        if outcome is None and latency is None:
+            raise ValueError("a scripted entry needs an outcome or latency_ms")
+        entries[request] = Scripted(request, outcome, latency)
+    return tuple(sorted(entries.values(), key=lambda entry: entry.request))
+
+
 class SlidingWindowThrottle:
     """Admits at most `cap` requests in any sliding window of WINDOW_S seconds.
 
@@ -137,27 +216,52 @@ class SlidingWindowThrottle:
 
 
 class FaultInjector:
-    """Draws the injected outcomes and latencies from one seeded random source."""
+    """Decides the injected outcome and latency of each upload request.
 
-    def __init__(self, config: FaultConfig, seed: int | None = None) -> None:
+    Random draws come from one source seeded with `config.seed`; scripted entries pick
+    requests by number. Both restart whenever the config is replaced or the endpoint is
+    reset, so the same config and the same requests give the same answers.
+    """
+
+    def __init__(self, config: FaultConfig) -> None:
+        self.configure(config)
+
+    def configure(self, config: FaultConfig) -> None:
         self.config = config
-        self._random = random.Random(seed)
+        self._scripted = {entry.request: entry for entry in config.scripted}
+        self.restart()
 
-    def raise_if_injected(self, now: float) -> None:
+    def restart(self) -> None:
+        self._random = random.Random(self.config.seed)
+        self._requests = 0
+
+    def next_request(self) -> Scripted | None:
+        """Count one upload request; its scripted entry, if any."""
+        self._requests += 1
+        return self._scripted.get(self._requests)
+
+    def raise_if_injected(self, now: float, scripted: Scripted | None) -> None:
         config = self.config
         if any(outage.covers(now) for outage in config.outages):
             raise codes.unknown(codes.UNKNOWN_EXCEPTION, "service unavailable (outage)")
+        if scripted is not None and scripted.outcome is not None:
+            scripted.raise_if_rejected()
+            return  # the script decides this request: no random draw
         if config.u_rate and self._random.random() < config.u_rate:
             raise codes.unknown(codes.UNKNOWN_EXCEPTION, "injected")
         if config.f_rate and self._random.random() < config.f_rate:
             raise codes.failed(codes.DATA_CHECK_FAILED, "injected")
 
-    def lose_ack(self) -> bool:
+    def lose_ack(self, scripted: Scripted | None) -> bool:
         """Whether to answer U for a batch that was stored (the outcome really is unknown)."""
+        if scripted is not None and scripted.outcome is not None:
+            return scripted.lost_ack
         rate = self.config.lost_ack_rate
         return bool(rate) and self._random.random() < rate
 
-    def latency_s(self) -> float:
+    def latency_s(self, scripted: Scripted | None) -> float:
+        if scripted is not None and scripted.latency_ms is not None:
+            return scripted.latency_ms / 1000.0
         config = self.config
         if not (config.latency_median_ms or config.latency_jitter_ms):
             return 0.0

@@ -14,7 +14,13 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from datahub_emulator import auth, checks, codes
-from datahub_emulator.faults import WINDOW_S, FaultConfig, FaultInjector, SlidingWindowThrottle
+from datahub_emulator.faults import (
+    WINDOW_S,
+    FaultConfig,
+    FaultInjector,
+    Scripted,
+    SlidingWindowThrottle,
+)
 from datahub_emulator.store import Client, Receipt, Store
 
 log = logging.getLogger(__name__)
@@ -23,22 +29,25 @@ log = logging.getLogger(__name__)
 class UploadService:
     """Answers one upload request at a time; call it from a single event loop only."""
 
-    def __init__(self, store: Store, faults: FaultConfig, seed: int | None = None) -> None:
+    def __init__(self, store: Store, faults: FaultConfig) -> None:
         self.store = store
-        self.injector = FaultInjector(faults, seed)
+        self.injector = FaultInjector(faults)
         self._throttle = SlidingWindowThrottle()
         self._replays = auth.ReplayGuard()
         self._ciphers: dict[str, AESGCM] = {}
 
-    def handle(self, body: bytes, headers: Mapping[str, str], now: float) -> dict[str, str]:
-        """Process one request and return the response JSON. Never raises."""
+    def handle(
+        self, body: bytes, headers: Mapping[str, str], now: float
+    ) -> tuple[dict[str, str], float]:
+        """Process one request; the response JSON and the latency to inject. Never raises."""
+        scripted = self.injector.next_request()
         receipt = Receipt(
             trace_id=codes.new_trace_id(),
             content_hash=hashlib.sha256(body).hexdigest(),
             arrived_at=now,
         )
         try:
-            outcome = self._process(body, headers, receipt)
+            outcome = self._process(body, headers, receipt, scripted)
         except codes.Rejection as rejection:
             outcome = rejection.outcome
             self._record(receipt, outcome)
@@ -47,24 +56,32 @@ class UploadService:
             log.error("upload failed unexpectedly: %s", type(error).__name__)
             outcome = codes.Outcome(codes.STATUS_UNKNOWN, codes.UNKNOWN_EXCEPTION, "internal error")
             self._record(receipt, outcome)
-        return outcome.as_response(receipt.trace_id)
+        return outcome.as_response(receipt.trace_id), self.injector.latency_s(scripted)
 
-    def _process(self, body: bytes, headers: Mapping[str, str], receipt: Receipt) -> codes.Outcome:
+    def _process(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        receipt: Receipt,
+        scripted: Scripted | None,
+    ) -> codes.Outcome:
         now = receipt.arrived_at
         client = self._authenticate(receipt.content_hash, headers, now)
         receipt.client_id = client.client_id
         envelope = checks.parse_envelope(body)
         receipt.data_uuid = envelope.text_field("dataUuid") or None
         self._authorize(client, envelope)
+        if scripted is not None and scripted.throttled:
+            raise codes.unknown(codes.THROTTLED, "injected")
         if not self._throttle.admit(now, self.injector.config.cap):
             raise codes.unknown(codes.THROTTLED, f"over {self.injector.config.cap} batches/s")
         receipt.admitted = True
-        self.injector.raise_if_injected(now)
+        self.injector.raise_if_injected(now, scripted)
         request = checks.parse_upload(envelope)
         receipt.rows = len(request.rows)
         ids = self._check_data(request)
         outcome = codes.OK
-        if self.injector.lose_ack():
+        if self.injector.lose_ack(scripted):
             outcome = codes.Outcome(codes.STATUS_UNKNOWN, codes.UNKNOWN_EXCEPTION, "injected")
         receipt.status, receipt.code = outcome.status, outcome.code
         self.store.save_rows(receipt, ids, request.rows)
@@ -128,6 +145,7 @@ class UploadService:
     def reset(self) -> None:
         self.store.reset()
         self._throttle.clear()
+        self.injector.restart()
 
     def stats(self) -> dict[str, Any]:
         store = self.store

@@ -126,6 +126,10 @@ class Registration:
     schemas: dict[str, Schema]
 
 
+class RegistrationConflict(ValueError):
+    """A registration that would replace another client's keys; the message names no secret."""
+
+
 @dataclass(slots=True)
 class Receipt:
     """The record every request leaves, whatever its outcome. No values, no ids."""
@@ -172,7 +176,12 @@ class Store:
     # --- registrations -------------------------------------------------------------
 
     def register(self, registration: Registration) -> None:
+        """Add or update a client. A client id keeps its public key and a data key id its
+        key: whoever registers first owns them, so no caller can take over another
+        client's identity or swap the key its data is checked with. Re-registering with
+        the same keys is idempotent."""
         with self._transaction():
+            self._refuse_replacement(registration)
             self._db.execute(
                 "INSERT OR REPLACE INTO clients VALUES (?, ?, ?, ?, ?)",
                 (
@@ -199,6 +208,18 @@ class Store:
                 ],
             )
         self._load_registrations()
+
+    def _refuse_replacement(self, registration: Registration) -> None:
+        known_key = self._db.execute(
+            "SELECT public_key FROM clients WHERE client_id = ?", (registration.client_id,)
+        ).fetchone()
+        if known_key is not None and bytes(known_key[0]) != registration.public_key_der:
+            raise RegistrationConflict("clientId is registered with another publicKey")
+        known_data_key = self._db.execute(
+            "SELECT data_key FROM data_keys WHERE data_key_id = ?", (registration.data_key_id,)
+        ).fetchone()
+        if known_data_key is not None and bytes(known_data_key[0]) != registration.data_key:
+            raise RegistrationConflict("dataKeyId is registered with another dataKey")
 
     def revoke(self, institution_id: str, data_uuid: str) -> bool:
         with self._transaction():

@@ -7,7 +7,9 @@
 It creates the client's RSA key pair, a client id and a data key, writes them to
 keys.properties (mode 0600, atomically) and registers the client, its grants and the
 datasets' schemas with the endpoint. Run again, it reuses the keys and only
-re-registers, unless --rotate.
+re-registers, unless --rotate. Registering takes the endpoint's admin token: give
+--admin-token-file (the endpoint writes DB.admin-token next to its database) or set
+$DATAHUB_EMULATOR_ADMIN_TOKEN.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import base64
 import json
 import os
 import secrets
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from datahub_emulator.client import AdminClient
+
 RSA_BITS = 2048
 DATA_KEY_BYTES = 32
-REGISTER_TIMEOUT_S = 10.0
 
 # Key order of the written file; these names are the protocol (docs/protocol.md).
 _FIELDS = (
@@ -82,8 +84,13 @@ def init_keys(
     ant_institution_id: str,
     schemas: Sequence[ContractSchema],
     rotate: bool = False,
+    admin_token: str | None = None,
 ) -> KeysInfo:
-    """Create (or reuse) the keys in `out` and register them with the endpoint."""
+    """Create (or reuse) the keys in `out` and register them with the endpoint.
+
+    `admin_token` defaults to the token of the endpoint if this process started it
+    (client.EmulatorProcess), else $DATAHUB_EMULATOR_ADMIN_TOKEN.
+    """
     out = Path(out)
     created = rotate or not out.exists()
     keys = _new_keys() if created else _existing_keys(out)
@@ -95,7 +102,7 @@ def init_keys(
     }
     if created or wanted != keys:
         write_properties(out, wanted)
-    register(wanted, schemas)
+    register(wanted, schemas, admin_token)
     return KeysInfo(
         path=out,
         client_id=wanted["clientId"],
@@ -140,7 +147,9 @@ def public_key_b64(keys: Mapping[str, str]) -> str:
     return _b64(der)
 
 
-def register(keys: Mapping[str, str], schemas: Sequence[ContractSchema]) -> None:
+def register(
+    keys: Mapping[str, str], schemas: Sequence[ContractSchema], admin_token: str | None = None
+) -> None:
     payload = {
         "clientId": keys["clientId"],
         "publicKey": public_key_b64(keys),
@@ -151,15 +160,8 @@ def register(keys: Mapping[str, str], schemas: Sequence[ContractSchema]) -> None
         "grants": [schema.data_uuid for schema in schemas],
         "schemas": {schema.data_uuid: schema.as_registration() for schema in schemas},
     }
-    request = urllib.request.Request(
-        keys["endpoint"] + "/admin/register",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    # urlopen raises HTTPError on a 400; the endpoint's message names no secret.
-    with urllib.request.urlopen(request, timeout=REGISTER_TIMEOUT_S) as response:
-        response.read()
+    # Raises urllib's HTTPError on a 4xx; the endpoint's message names no secret.
+    AdminClient(keys["endpoint"], admin_token).register(payload)
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -207,7 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     init.add_argument("--ant-institution-id", required=True)
     init.add_argument("--schema", type=Path, action="append", required=True, help="a dataset's schema, JSON")
     init.add_argument("--rotate", action="store_true", help="new keys even if the file exists")
+    init.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="the endpoint's admin token (default: $DATAHUB_EMULATOR_ADMIN_TOKEN)",
+    )
     args = parser.parse_args(argv)
+    admin_token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
     info = init_keys(
         endpoint=args.endpoint,
         out=args.out,
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         ant_institution_id=args.ant_institution_id,
         schemas=[ContractSchema.from_json(json.loads(path.read_text())) for path in args.schema],
         rotate=args.rotate,
+        admin_token=admin_token,
     )
     # Nothing secret: the path, the client id and the dataset ids only.
     print(f"{'created' if info.created else 'reused'} keys in {info.path}")
