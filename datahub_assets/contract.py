@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from enum import Enum
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONTRACTS_DIR = Path(__file__).parent / "contracts"
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a dataset: it names the assets
 
 
 class PartnerType(str, Enum):
@@ -72,82 +75,122 @@ class Contract:
         }
 
 
-def _fail(path: Path, msg: str) -> ContractError:
-    return ContractError(f"{path.name}: {msg}")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _SourceFile(_Strict):
+    kind: Literal["table", "files"]
+    table: str | None = Field(default=None, min_length=1)
+    date_column: str | None = Field(default=None, min_length=1)
+    pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> _SourceFile:
+        if self.kind == "table" and not (self.table and self.date_column):
+            raise ValueError("source kind 'table' needs 'table' and 'date_column'")
+        if self.kind == "table" and self.pattern:
+            raise ValueError("source kind 'table' takes no 'pattern'")
+        if self.kind == "files" and "{date}" not in (self.pattern or ""):
+            raise ValueError("source kind 'files' needs a 'pattern' containing {date}")
+        if self.kind == "files" and (self.table or self.date_column):
+            raise ValueError("source kind 'files' takes no 'table' or 'date_column'")
+        return self
+
+
+class _ColumnFile(_Strict):
+    # A partner field name: letters, digits and underscores, not starting with a digit.
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+    type: PartnerType
+    required: bool = False
+    source: str | None = Field(default=None, min_length=1)
+    expression: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> _ColumnFile:
+        if (self.source is None) == (self.expression is None):
+            raise ValueError("give exactly one of 'source' or 'expression'")
+        return self
+
+
+class _DedupFile(_Strict):
+    keep: Literal["last"] = "last"
+    order_by: str | None = Field(default=None, min_length=1)
+
+
+class _ContractFile(_Strict):
+    dataset: Annotated[str, Field(pattern=_NAME.pattern)]
+    # The partner's id of the data asset: 32 lowercase hex digits.
+    data_uuid: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    description: str = ""
+    source: _SourceFile
+    columns: list[_ColumnFile] = Field(min_length=1)
+    nulls: Literal["omit"] = "omit"  # a missing key means null to the partner
+    dedup: _DedupFile = _DedupFile()
+    start_date: date = date(2026, 1, 1)
+    batch_ranges: int = Field(default=32, ge=1, le=1000, strict=True)
+    max_reject_share: float = Field(default=0.05, ge=0, le=1)
+    max_row_count_change: float = Field(default=0.5, ge=0)
+    max_value_bytes: int = Field(default=65536, gt=0, strict=True)
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        if isinstance(value, str):
+            return date.fromisoformat(value)  # a ValueError names the bad date
+        return value
+
+    @model_validator(mode="after")
+    def _columns(self) -> _ContractFile:
+        names = [c.name for c in self.columns]
+        if "id" not in names:
+            raise ValueError("the partner requires an 'id' column")
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate column names")
+        return self
+
+
+def _describe(error: ValidationError) -> str:
+    """Each problem as `field: what is wrong` (pydantic's message says what is allowed)."""
+    problems = []
+    for e in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown key (a typo? see docs/contracts.md for the keys a contract takes)"
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)
 
 
 def load_contract(path: Path) -> Contract:
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ContractError(f"{path.name}: not valid YAML ({error.__class__.__name__})") from None
     if not isinstance(raw, dict):
-        raise _fail(path, "not a YAML mapping")
-    for key in ("dataset", "data_uuid", "source", "columns"):
-        if key not in raw:
-            raise _fail(path, f"missing '{key}'")
-    dataset = str(raw["dataset"])
-    if not _NAME.match(dataset):
-        raise _fail(path, "dataset must be lower snake case (it names the assets)")
-
-    src = raw["source"]
-    kind = src.get("kind")
-    if kind == "table":
-        if not src.get("table") or not src.get("date_column"):
-            raise _fail(path, "source kind 'table' needs 'table' and 'date_column'")
-    elif kind == "files":
-        if "{date}" not in str(src.get("pattern", "")):
-            raise _fail(path, "source kind 'files' needs a 'pattern' containing {date}")
-    else:
-        raise _fail(path, "source.kind must be 'table' or 'files'")
-    source = SourceSpec(
-        kind=kind, table=src.get("table"), date_column=src.get("date_column"), pattern=src.get("pattern")
-    )
-
-    columns = []
-    for i, c in enumerate(raw["columns"]):
-        try:
-            ptype = PartnerType(c["type"])
-        except (KeyError, ValueError):
-            raise _fail(path, f"column {i}: type must be one of {[t.value for t in PartnerType]}") from None
-        if bool(c.get("source")) == bool(c.get("expression")):
-            raise _fail(path, f"column {c.get('name')}: give exactly one of 'source' or 'expression'")
-        columns.append(
-            Column(
-                name=str(c["name"]),
-                type=ptype,
-                required=bool(c.get("required", False)) or c["name"] == "id",
-                source=c.get("source"),
-                expression=c.get("expression"),
-            )
-        )
-    names = [c.name for c in columns]
-    if "id" not in names:
-        raise _fail(path, "the partner requires an 'id' column")
-    if len(set(names)) != len(names):
-        raise _fail(path, "duplicate column names")
-
-    nulls = raw.get("nulls", "omit")
-    if nulls != "omit":
-        raise _fail(path, "nulls: only 'omit' is supported (a missing key means null to the partner)")
-    dedup = raw.get("dedup") or {}
-    if dedup and dedup.get("keep", "last") != "last":
-        raise _fail(path, "dedup.keep: only 'last' is supported")
-
-    batch_ranges = int(raw.get("batch_ranges", 32))
-    if not 1 <= batch_ranges <= 1000:
-        raise _fail(path, "batch_ranges must be between 1 and 1000")
-
+        raise ContractError(f"{path.name}: not a YAML mapping")
+    try:
+        spec = _ContractFile.model_validate(raw)
+    except ValidationError as error:
+        raise ContractError(f"{path.name}: {_describe(error)}") from None
     return Contract(
-        dataset=dataset,
-        data_uuid=str(raw["data_uuid"]),
-        description=str(raw.get("description", "")).strip(),
-        source=source,
-        columns=tuple(columns),
-        nulls=nulls,
-        dedup_order_by=dedup.get("order_by"),
-        start_date=str(raw.get("start_date", "2026-01-01")),
-        batch_ranges=batch_ranges,
-        max_reject_share=float(raw.get("max_reject_share", 0.05)),
-        max_row_count_change=float(raw.get("max_row_count_change", 0.5)),
-        max_value_bytes=int(raw.get("max_value_bytes", 65536)),
+        dataset=spec.dataset,
+        data_uuid=spec.data_uuid,
+        description=spec.description.strip(),
+        source=SourceSpec(
+            kind=spec.source.kind, table=spec.source.table, date_column=spec.source.date_column, pattern=spec.source.pattern
+        ),
+        columns=tuple(
+            Column(name=c.name, type=c.type, required=c.required or c.name == "id", source=c.source, expression=c.expression)
+            for c in spec.columns
+        ),
+        nulls=spec.nulls,
+        dedup_order_by=spec.dedup.order_by,
+        start_date=spec.start_date.isoformat(),
+        batch_ranges=spec.batch_ranges,
+        max_reject_share=spec.max_reject_share,
+        max_row_count_change=spec.max_row_count_change,
+        max_value_bytes=spec.max_value_bytes,
         path=path,
     )
 
@@ -157,6 +200,6 @@ def load_contracts(directory: Path = DEFAULT_CONTRACTS_DIR) -> list[Contract]:
     seen: set[str] = set()
     for c in contracts:
         if c.dataset in seen:
-            raise _fail(c.path, f"dataset '{c.dataset}' is defined twice")
+            raise ContractError(f"{c.path.name}: dataset '{c.dataset}' is defined twice")
         seen.add(c.dataset)
     return contracts

@@ -77,6 +77,19 @@ def configured_resources(
     return {k: v for k, v in build_resources(**resources, **overrides).items() if k in {*resources, *overrides}}
 
 
+class NoSendClient:
+    """An UploadClient for runs that must send nothing (every batch already acknowledged):
+    any attempt to get ready or to send fails the run."""
+
+    endpoint = "nowhere"
+
+    def start(self) -> None:
+        raise AssertionError("this run was expected to send nothing")
+
+    def upload(self, *, data_uuid: str, rows: list[str]):  # noqa: ANN201
+        raise AssertionError("this run was expected to send nothing")
+
+
 def environment_of(resources: dict[str, dg.ConfigurableResource]) -> dict[str, str]:
     """The DATAHUB_* variables that make `build_resources()` in another process resolve to
     these resources (a run worker, as in production)."""

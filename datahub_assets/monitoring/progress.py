@@ -45,6 +45,7 @@ class DayProgress:
     acked_batches: int  # acknowledged S in the ledger
     measured_rate: float  # batches/s acknowledged lately; 0 when nothing was measured
     cap: float
+    superseded_by: str | None = None  # a newer date already (partly) delivered: this one will not be sent
 
     @property
     def complete(self) -> bool:
@@ -117,6 +118,7 @@ def read_day_progress(
         acked_batches=counts.get(BatchStatus.SUCCESS, 0),
         measured_rate=ledger.acked_rate(contract.data_uuid, day),
         cap=cap,
+        superseded_by=ledger.newer_delivered_day(contract.data_uuid, day),
     )
 
 

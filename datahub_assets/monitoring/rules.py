@@ -44,7 +44,8 @@ def failed_finding(p: DayProgress, now: datetime) -> Finding | None:
 
 def late_finding(p: DayProgress, now: datetime) -> Finding | None:
     deadline = deadline_for(p.day)
-    if now < deadline or p.complete:
+    # A superseded date is not late: sending it would overwrite a newer one.
+    if now < deadline or p.complete or p.superseded_by:
         return None
     ranges = p.missing_ranges
     minutes = int((now - deadline).total_seconds() // 60)
@@ -61,7 +62,7 @@ def late_finding(p: DayProgress, now: datetime) -> Finding | None:
 
 def at_risk_finding(p: DayProgress, now: datetime) -> Finding | None:
     # At risk only while there is time to act; after the deadline the date is late.
-    if now >= deadline_for(p.day) or p.complete or p.total_batches is None:
+    if now >= deadline_for(p.day) or p.complete or p.superseded_by or p.total_batches is None:
         return None
     outlook = p.outlook(now)
     if not outlook.at_risk:

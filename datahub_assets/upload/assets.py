@@ -1,8 +1,11 @@
 """<dataset>_uploaded: the day's batches delivered to Alipay+ DataHub, per (date, batch range)."""
 
+import os
+import socket
 from datetime import datetime, timezone
 
 import dagster as dg
+from pydantic import Field
 
 from datahub_assets.contract import Contract
 from datahub_assets.lake import DataLake
@@ -20,9 +23,9 @@ from datahub_assets.partitions import (
 )
 from datahub_assets.planning import plan
 from datahub_assets.upload.batches import read_batches, snapshot_row_count
-from datahub_assets.upload.outcome import BatchStatus
+from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lease
+from datahub_assets.upload.outcome import BatchStatus, UploadClient
 from datahub_assets.upload.resources import DeliveryDatabase
-from datahub_assets.upload.sdk import DataHubSdkResource
 from datahub_assets.upload.sender import RangeSender, RetryPolicy
 
 UPLOAD_POOL = "datahub_upload"
@@ -33,6 +36,31 @@ class UploadConfig(dg.Config):
     max_attempts: int = 8  # per batch and run, for U outcomes and SDK exceptions
     retry_base_delay_s: float = 1.0
     progress_every_s: float = 10.0
+    lease_wait_s: float = Field(
+        default=60.0, ge=0,
+        description="How long to wait for another uploader of the same range to finish (0: fail at once).",
+    )
+    allow_older_date: bool = Field(
+        default=False,
+        description=(
+            "Send a date older than one already delivered. The partner keeps one value per id, "
+            "so this overwrites newer values with older ones: for deliberate corrections only."
+        ),
+    )
+
+
+# F codes that mean the partner did not accept the client's keys, not the data.
+KEY_CODES = {"SIGNATURE_INVALID", "CLIENT_UNKNOWN", "NO_PERMISSION"}
+LEASE_TTL_S = 30.0
+LEASE_BEAT_S = 2.0
+
+
+def _run_ended(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why this run should send nothing more, if Dagster has already ended it."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.is_finished:
+        return f"its run {run_id} has already ended ({run.status.value})"
+    return None
 
 
 def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -62,7 +90,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         context: dg.AssetExecutionContext,
         config: UploadConfig,
         lake: DataLake,
-        sdk: DataHubSdkResource,
+        sdk: dg.ResourceParam[UploadClient],
         delivery_db: DeliveryDatabase,
     ) -> dg.MaterializeResult:
         day, range_key = split_upload_key(partitions_def, context.partition_key)
@@ -74,6 +102,27 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         batches = read_batches(snapshot_path, numbers)
         ledger = delivery_db.ledger()
 
+        # Never regress the partner: it keeps one value per id, the last one sent.
+        newer = ledger.newer_delivered_day(contract.data_uuid, day)
+        if newer is not None and not config.allow_older_date:
+            raise dg.Failure(
+                f"refused to send {day}: {newer} of {contract.dataset} is already (partly) delivered, and the "
+                f"partner keeps one value per id, so {day} would overwrite newer values with older ones. "
+                "Nothing was sent. To correct an old date on purpose, run again with allow_older_date: true."
+            )
+        if newer is not None:
+            context.log.warning(
+                "allow_older_date: sending %s although %s is already delivered; its rows replace newer ones",
+                day, newer,
+            )
+
+        lease = acquire_range_lease(
+            delivery_db.engine(),
+            RangeKey(contract.data_uuid, day, range_key),
+            holder=f"run {context.run.run_id} (pid {os.getpid()} on {socket.gethostname()})",
+            ttl_s=LEASE_TTL_S,
+            wait_s=config.lease_wait_s,
+        )
         sender = RangeSender(
             client=sdk,
             ledger=ledger,
@@ -85,11 +134,18 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
             retry=RetryPolicy(max_attempts=config.max_attempts, base_delay_s=config.retry_base_delay_s),
             log=context.log,
             progress_every_s=config.progress_every_s,
+            lease=lease,
         )
         context.log.info(
             "range %s of %s: batches %d..%d of %d", range_key, day, numbers.start, numbers.stop - 1, total_batches
         )
-        report = sender.send(batches)
+        keeper = LeaseKeeper(lease, every_s=LEASE_BEAT_S, run_is_over=lambda: _run_ended(context.instance, context.run.run_id))
+        with keeper:
+            if sender.pending(batches):
+                # The JVM, the keys and the client before the first ledger row or slot:
+                # a configuration error costs nothing and names its fix.
+                sdk.start()
+            report = sender.send(batches)
 
         # The day's outlook from the whole ledger (every range, every machine) at its
         # measured rate: the same arithmetic as the planner CLI and the at-risk sensor.
@@ -121,10 +177,22 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         }
         if report.batches_failed:
             codes = ", ".join(f"{code} x{n}" for code, n in sorted(report.failed_codes.items()))
+            others = report.batches_total - report.batches_failed
+            hint = ""
+            if KEY_CODES & set(report.failed_codes):
+                hint = (
+                    " The partner refused the client's keys: check that DATAHUB_KEYS_PATH is the keys.properties "
+                    "registered with the partner (its clientId, private key and grants)."
+                )
+            elif any(code.startswith("ENDPOINT_UNREACHABLE") for code in report.failed_codes):
+                hint = f" The partner endpoint {sdk.endpoint} was unreachable: nothing of these batches arrived."
             raise dg.Failure(
                 description=(
                     f"{report.batches_failed} of {report.batches_total} batches of range {range_key} ({day}) "
-                    f"did not succeed: {codes}. The other batches were sent; see the ledger for traceIds."
+                    f"did not succeed: {codes}."
+                    + (f" The other {others} are acknowledged." if others else "")
+                    + hint
+                    + " See the ledger for traceIds; a rerun sends only what is not acknowledged."
                 ),
                 metadata={**metadata, "failed_batch_numbers": dg.MetadataValue.json(sorted(report.failed_batches))},
             )

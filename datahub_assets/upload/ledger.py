@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from datahub_assets.upload.database import insert, metadata
+from datahub_assets.upload.lease import RangeLease
 from datahub_assets.upload.outcome import BatchStatus
 
 
@@ -85,10 +86,19 @@ class Ledger:
                 for r in conn.execute(query)
             }
 
-    def mark_sending(self, data_uuid: str, day: str, batch_no: int, content_hash: str) -> None:
-        """Written before each attempt, so a crash leaves the batch visibly in flight."""
+    def mark_sending(
+        self, data_uuid: str, day: str, batch_no: int, content_hash: str, lease: RangeLease | None = None
+    ) -> None:
+        """Written before each attempt, so a crash leaves the batch visibly in flight.
+
+        With a lease, the write is fenced: it commits only while the lease is ours
+        (LeaseLostError otherwise), so an uploader that lost its range records, and
+        therefore sends, nothing more.
+        """
         params = {"data_uuid": data_uuid, "day": day, "batch_no": batch_no, "content_hash": content_hash, "now": time.time()}
         with self._engine.begin() as conn:
+            if lease is not None:
+                lease.renew_in(conn)
             conn.execute(self._mark_sending, params)
 
     def record_result(
@@ -111,6 +121,15 @@ class Ledger:
         )
         with self._engine.connect() as conn:
             return {BatchStatus(status): n for status, n in conn.execute(query)}
+
+    def newer_delivered_day(self, data_uuid: str, day: str) -> str | None:
+        """The newest date after `day` with any batch acknowledged, if there is one."""
+        t = ledger_table
+        query = sa.select(sa.func.max(t.c.day)).where(
+            t.c.data_uuid == data_uuid, t.c.day > day, t.c.status == BatchStatus.SUCCESS.value
+        )
+        with self._engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def acked_rate(self, data_uuid: str, day: str, window_s: float = 300.0) -> float:
         """Batches acknowledged per second over the last window: the measured rate."""

@@ -27,4 +27,13 @@ class UploadOutcome:
 class UploadClient(Protocol):
     """Sends one batch of one dataset and says what the partner answered."""
 
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, for messages (no secret)."""
+        ...
+
+    def start(self) -> None:
+        """Get ready to send; a configuration error surfaces here, before anything is recorded."""
+        ...
+
     def upload(self, *, data_uuid: str, rows: list[str]) -> UploadOutcome: ...

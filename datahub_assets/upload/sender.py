@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from datahub_assets.upload.batches import Batch
+from datahub_assets.upload.lease import RangeLease
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.limiter import RateLimiter
 from datahub_assets.upload.outcome import BatchStatus, UploadClient, UploadOutcome
@@ -107,8 +108,10 @@ class RangeSender:
         retry: RetryPolicy,
         log: logging.Logger,
         progress_every_s: float = 10.0,
+        lease: RangeLease | None = None,
     ):
         self._client = client
+        self._lease = lease
         self._ledger = ledger
         self._limiter = limiter
         self._data_uuid = data_uuid
@@ -165,7 +168,7 @@ class RangeSender:
             attempt += 1
             # Marked before the wait, so nothing but the SDK call sits between the slot
             # and the request: that keeps arrivals at the partner as evenly spaced as the slots.
-            self._ledger.mark_sending(self._data_uuid, self._day, batch.number, batch.content_hash)
+            self._ledger.mark_sending(self._data_uuid, self._day, batch.number, batch.content_hash, self._lease)
             outcome = self._send_in_slot(batch, alone=alone and attempt == 1)
             self._ledger.record_result(
                 self._data_uuid, self._day, batch.number, outcome.status, outcome.code, outcome.trace_id
@@ -194,12 +197,17 @@ class RangeSender:
     def _send_in_slot(self, batch: Batch, alone: bool) -> UploadOutcome:
         if alone:
             with self._limiter.exclusive(priority=self._priority):
-                outcome = self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
+                outcome = self._upload(batch)
         else:
             self._limiter.acquire(priority=self._priority)
-            outcome = self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
+            outcome = self._upload(batch)
         _process_has_uploaded.set()  # one call has run through the SDK: its code paths are warm
         return outcome
+
+    def _upload(self, batch: Batch) -> UploadOutcome:
+        if self._lease is not None:
+            self._lease.check()  # lost while waiting for the slot: send nothing more
+        return self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
 
     def _tick(self, started: float, total: int, done: threading.Event) -> None:
         """Progress at a steady cadence, not once per batch."""
