@@ -140,14 +140,15 @@ class _ContractFile(_Strict):
             return date.fromisoformat(value)  # a ValueError names the bad date
         return value
 
-    @model_validator(mode="after")
-    def _columns(self) -> _ContractFile:
-        names = [c.name for c in self.columns]
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, columns: list[_ColumnFile]) -> list[_ColumnFile]:
+        names = [c.name for c in columns]
         if "id" not in names:
             raise ValueError("the partner requires an 'id' column")
         if len(set(names)) != len(names):
             raise ValueError("duplicate column names")
-        return self
+        return columns
 
 
 def _describe(error: ValidationError) -> str:

@@ -9,9 +9,11 @@ the real jar in by pointing DATAHUB_SDK_CLASSPATH at it.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -124,6 +126,21 @@ def upload_batch(client, data_uuid: str, rows: list[str]) -> UploadOutcome:  # n
     )
 
 
+def _probe(endpoint: str, timeout_s: float = 5.0) -> None:
+    """Open (and close) a TCP connection to the endpoint: a partner that cannot be
+    reached fails the step before any batch is recorded as sent."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise SdkConfigError(
+            f"the partner endpoint {url.scheme}://{url.hostname}:{port} (the `endpoint` of DATAHUB_KEYS_PATH) "
+            f"is unreachable: {exc.__class__.__name__}. Check the network, or that the endpoint is up."
+        ) from None
+
+
 class DataHubSdkResource(dg.ConfigurableResource):
     """The DataHub upload client (the partner's Java SDK) inside this process's JVM: the
     production `UploadClient`."""
@@ -151,8 +168,11 @@ class DataHubSdkResource(dg.ConfigurableResource):
         return [p for p in self.classpath.split(os.pathsep) if p]
 
     def start(self) -> None:
-        """Start the JVM and construct the client; SdkConfigError says what to fix."""
+        """Start the JVM, construct the client and reach the endpoint; SdkConfigError says
+        what to fix."""
         self._open_client()
+        if self._endpoint:
+            _probe(self._endpoint)
 
     def _open_client(self):  # noqa: ANN202
         import jpype
