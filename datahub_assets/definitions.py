@@ -15,6 +15,7 @@ import dagster as dg
 from datahub_assets.automation.daily import build_daily_delivery_schedule, build_upload_fan_out_sensor
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contracts
 from datahub_assets.extract.assets import build_extract_asset
+from datahub_assets.monitoring.dead_runs import build_dead_run_sensor
 from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch_sensors
 from datahub_assets.resources import build_resources
 from datahub_assets.snapshot.assets import build_snapshot_asset
@@ -37,7 +38,11 @@ def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR) -> dg.Definit
         # Declares the watching checks on each <dataset>_uploaded; the sensors report them.
         asset_checks=[build_delivery_checks(c) for c in contracts],
         schedules=[build_daily_delivery_schedule(c) for c in contracts],
-        sensors=[*(build_upload_fan_out_sensor(c) for c in contracts), *build_watch_sensors(contracts)],
+        sensors=[
+            *(build_upload_fan_out_sensor(c) for c in contracts),
+            *build_watch_sensors(contracts),
+            build_dead_run_sensor(contracts),
+        ],
         resources=build_resources(),
     )
 

@@ -461,6 +461,7 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
             "delivery_failed_sensor",
             "delivery_late_sensor",
             "delivery_at_risk_sensor",
+            "dead_upload_run_sensor",
         ],
         dg.DefaultSensorStatus.RUNNING,
     )

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import yaml
 from support import CONTRACT, DAY, Day, endpoint_receipts, write_contract
 
-from datahub_assets.contract import ContractError, load_contract
+from datahub_assets.contract import ContractError, load_contract, load_contracts
 from datahub_assets.partitions import previous_date
 from datahub_assets.upload.lease import (
     LeaseKeeper,
@@ -265,3 +265,59 @@ def test_a_bad_contract_is_refused_naming_the_file_the_field_and_what_is_allowed
         load_contract(path)
     message = str(refused.value)
     assert message.startswith("broken.yaml: ") and field in message and says in message
+
+
+# --- a run whose worker is gone ---------------------------------------------------------------
+
+
+def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and_resumed(
+    tmp_path, sdk_jar, keys_file, datahub_endpoint, receiver
+):
+    from datahub_assets.monitoring.dead_runs import build_dead_run_sensor
+    from datahub_assets.monitoring.notifier import Notifier
+    from datahub_assets.upload.resources import DeliveryDatabase
+
+    contracts = write_contract(tmp_path / "contracts", batch_ranges=1)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        day = Day(tmp_path, sdk_jar, keys_file, f"sqlite:///{tmp_path / 'delivery.db'}", instance, contracts)
+        write_table(generate(4_000, DAY, seed=8), day.source_url)
+        day.prepare()
+        datahub_endpoint.faults(latency_ms={"median": 200, "jitter": 0})
+        env = {**os.environ, **day.env(), "DAGSTER_HOME": str(home)}
+        worker = subprocess.Popen(
+            [sys.executable, str(WORKER), str(contracts), DAY, "--ranges", "0",
+             "--config", '{"threads": 2, "lease_ttl_s": 2}'],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(lambda: len(day.ledger()) >= 3, what="the worker's first batches")
+        worker.kill()  # SIGKILL: no cleanup, the run stays STARTED
+        worker.wait()
+        (run,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+        sensor = build_dead_run_sensor(load_contracts(contracts), grace_s=0)
+        resources = {
+            "delivery_db": DeliveryDatabase(url=day.delivery_url),
+            "notifier": Notifier(webhook_url=f"{receiver.url}/hook"),
+        }
+
+        def tick() -> None:
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                sensor(context)
+
+        wait_until(lambda: tick() or instance.get_run_by_id(run.run_id).is_finished, what="the run to be failed")
+        failed = instance.get_run_by_id(run.run_id)
+        assert failed.status == dg.DagsterRunStatus.FAILURE
+        (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert "worker of range 0 of " in failure.message and "resume it from the ledger" in failure.message
+        tick()
+        (alert,) = receiver.webhook_alerts()
+        assert alert["state"] == "worker_gone" and alert["ranges"] == ["0"]
+
+        # The relaunch resumes from the ledger: every batch acknowledged exactly once.
+        datahub_endpoint.faults(latency_ms={"median": 0, "jitter": 0})
+        assert day.upload_range("0").success
+    receipts = endpoint_receipts(datahub_endpoint.db_path)
+    acked = [r["content_hash"] for r in receipts if r["status"] == "S"]
+    assert len(acked) == 40

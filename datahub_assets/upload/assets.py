@@ -36,6 +36,10 @@ class UploadConfig(dg.Config):
     max_attempts: int = 8  # per batch and run, for U outcomes and SDK exceptions
     retry_base_delay_s: float = 1.0
     progress_every_s: float = 10.0
+    lease_ttl_s: float = Field(
+        default=30.0, gt=0,
+        description="How long a range stays held after its uploader stops renewing it (it renews every 2 s).",
+    )
     lease_wait_s: float = Field(
         default=60.0, ge=0,
         description="How long to wait for another uploader of the same range to finish (0: fail at once).",
@@ -51,7 +55,6 @@ class UploadConfig(dg.Config):
 
 # F codes that mean the partner did not accept the client's keys, not the data.
 KEY_CODES = {"SIGNATURE_INVALID", "CLIENT_UNKNOWN", "NO_PERMISSION"}
-LEASE_TTL_S = 30.0
 LEASE_BEAT_S = 2.0
 
 
@@ -120,7 +123,8 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
             delivery_db.engine(),
             RangeKey(contract.data_uuid, day, range_key),
             holder=f"run {context.run.run_id} (pid {os.getpid()} on {socket.gethostname()})",
-            ttl_s=LEASE_TTL_S,
+            run_id=context.run.run_id,
+            ttl_s=config.lease_ttl_s,
             wait_s=config.lease_wait_s,
         )
         sender = RangeSender(

@@ -30,8 +30,9 @@ lease_table = sa.Table(
     sa.Column("day", sa.String(10), primary_key=True),
     sa.Column("range_key", sa.String(16), primary_key=True),
     sa.Column("token", sa.Integer, nullable=False),  # the fencing token: +1 per grant
-    sa.Column("holder", sa.Text, nullable=False),  # who holds it: a run id, or a process
-    sa.Column("expires_at", sa.Float, nullable=False),  # epoch seconds, database clock; 0 = free
+    sa.Column("holder", sa.Text, nullable=False),  # who holds it, for messages: run, pid and host
+    sa.Column("run_id", sa.String(64)),  # the Dagster run holding it, if any
+    sa.Column("expires_at", sa.Float, nullable=False),  # epoch seconds, database clock; 0 = released
 )
 
 
@@ -108,6 +109,7 @@ def acquire_range_lease(
     key: RangeKey,
     holder: str,
     *,
+    run_id: str | None = None,
     ttl_s: float = 30.0,
     wait_s: float = 0.0,
     poll_s: float = 1.0,
@@ -124,7 +126,7 @@ def acquire_range_lease(
     grant = (
         sa.update(t)
         .where(key.where(), t.c.expires_at <= now)
-        .values(token=t.c.token + 1, holder=holder, expires_at=now + ttl_s)
+        .values(token=t.c.token + 1, holder=holder, run_id=run_id, expires_at=now + ttl_s)
         .returning(t.c.token)
     )
     deadline = time.monotonic() + wait_s
@@ -142,6 +144,29 @@ def acquire_range_lease(
                 "batches twice: wait for that run to end, or stop it, then run this range again."
             )
         time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class AbandonedLease:
+    run_id: str
+    data_uuid: str
+    day: str
+    range_key: str
+    silent_s: float  # since the lease expired: how long its holder has not renewed it
+
+
+def abandoned_leases(engine: sa.Engine, run_ids: list[str]) -> list[AbandonedLease]:
+    """Leases of these runs that expired without being released: their holder stopped
+    renewing (its process is gone) without finishing."""
+    if not run_ids:
+        return []
+    t = lease_table
+    now = NOW[engine.dialect.name]
+    query = sa.select(t.c.run_id, t.c.data_uuid, t.c.day, t.c.range_key, (now - t.c.expires_at).label("silent_s")).where(
+        t.c.run_id.in_(run_ids), t.c.expires_at > 0, t.c.expires_at < now
+    )
+    with engine.connect() as conn:
+        return [AbandonedLease(*row) for row in conn.execute(query)]
 
 
 class LeaseKeeper:
