@@ -21,7 +21,15 @@ from datahub_assets.upload.sdk import DataHubSdkResource
 RESOURCE_ENV: Mapping[str, tuple[type[dg.ConfigurableResource], Mapping[str, str]]] = {
     "lake": (DataLake, {"root": "DATAHUB_DATA_DIR"}),
     "source_db": (SourceDatabase, {"url": "DATAHUB_SOURCE_DB_URL"}),
-    "landing": (LandingFiles, {"url": "DATAHUB_LANDING_URL"}),
+    "landing": (
+        LandingFiles,
+        {
+            "url": "DATAHUB_LANDING_URL",
+            "known_hosts": "DATAHUB_SFTP_KNOWN_HOSTS",
+            "sftp_password": "DATAHUB_SFTP_PASSWORD",
+            "sftp_key_path": "DATAHUB_SFTP_KEY_PATH",
+        },
+    ),
     "sdk": (DataHubSdkResource, {"classpath": "DATAHUB_SDK_CLASSPATH", "keys_path": "DATAHUB_KEYS_PATH"}),
     "delivery_db": (DeliveryDatabase, {"url": "DATAHUB_DELIVERY_DB_URL"}),
     # Each may be set empty: an empty token/channel or URL disables that channel.

@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from datahub_assets.extract.sources import (
+    LandingConfigError,
     LandingFiles,
     SourceDatabase,
     SourceMissingError,
@@ -92,7 +93,7 @@ def test_postgres_extract_binds_the_date_safely(pg_url, tmp_path):
 def test_landing_file_over_sftp(sftp_server, tmp_path, suffix):
     source = generate(1_000, DAY, bad_share=0.02)
     write_landing_file(source, sftp_server.root / "user_profile" / f"{DAY}{suffix}")
-    landing = LandingFiles(url=sftp_server.url())
+    landing = sftp_server.landing()
 
     local = landing.fetch(relative_path=f"user_profile/{DAY}{suffix}", dest_dir=tmp_path / "in")
     rows = landing_file_to_parquet(local, tmp_path / "extract")
@@ -104,18 +105,42 @@ def test_landing_file_over_sftp(sftp_server, tmp_path, suffix):
 
 def test_missing_landing_file_names_the_path(sftp_server, tmp_path):
     with pytest.raises(SourceMissingError, match="user_profile/2026-11-26.csv"):
-        LandingFiles(url=sftp_server.url()).fetch(
-            relative_path=f"user_profile/{DAY}.csv", dest_dir=tmp_path
-        )
+        sftp_server.landing().fetch(relative_path=f"user_profile/{DAY}.csv", dest_dir=tmp_path)
     with pytest.raises(SourceMissingError, match="does not exist"):
         LandingFiles(url=str(tmp_path / "nowhere")).fetch(
             relative_path=f"{DAY}.csv", dest_dir=tmp_path
         )
 
 
-def test_wrong_sftp_password_is_refused(sftp_server, tmp_path):
+def test_wrong_sftp_password_is_refused_naming_the_setting_not_the_password(sftp_server, tmp_path):
     write_landing_file(generate(3, DAY), sftp_server.root / f"{DAY}.csv")
-    with pytest.raises(Exception, match="(?i)auth|permission"):
-        LandingFiles(url=sftp_server.url(password="wrong")).fetch(
-            relative_path=f"{DAY}.csv", dest_dir=tmp_path
-        )
+    with pytest.raises(LandingConfigError, match="refused the credentials") as refused:
+        sftp_server.landing(sftp_password="wrong-pass").fetch(relative_path=f"{DAY}.csv", dest_dir=tmp_path)
+    assert "DATAHUB_SFTP_PASSWORD" in str(refused.value) and "wrong-pass" not in str(refused.value)
+
+
+def test_an_sftp_server_with_an_unknown_host_key_is_refused(sftp_server, tmp_path):
+    import asyncssh
+
+    write_landing_file(generate(3, DAY), sftp_server.root / f"{DAY}.csv")
+    other = tmp_path / "other_known_hosts"  # another server's key under this address
+    other.write_text(f"[127.0.0.1]:{sftp_server.port} {asyncssh.generate_private_key('ssh-ed25519').export_public_key().decode()}")
+    with pytest.raises(LandingConfigError, match="not in .*DATAHUB_SFTP_KNOWN_HOSTS"):
+        sftp_server.landing(known_hosts=str(other)).fetch(relative_path=f"{DAY}.csv", dest_dir=tmp_path / "in")
+    with pytest.raises(LandingConfigError, match="DATAHUB_SFTP_KNOWN_HOSTS.*it is not set"):
+        sftp_server.landing(known_hosts="").fetch(relative_path=f"{DAY}.csv", dest_dir=tmp_path / "in")
+    assert not (tmp_path / "in" / f"{DAY}.csv").exists()
+
+
+def test_a_password_in_the_sftp_url_is_refused(sftp_server, tmp_path):
+    url = f"sftp://landing:{sftp_server.password}@127.0.0.1:{sftp_server.port}/"
+    with pytest.raises(LandingConfigError, match="DATAHUB_SFTP_PASSWORD") as refused:
+        sftp_server.landing(url=url).fetch(relative_path=f"{DAY}.csv", dest_dir=tmp_path)
+    assert sftp_server.password not in str(refused.value)
+
+
+def test_file_url_landing_folder(tmp_path):
+    source = generate(20, DAY)
+    write_landing_file(source, tmp_path / "landing" / f"{DAY}.csv")
+    local = LandingFiles(url=(tmp_path / "landing").as_uri()).fetch(relative_path=f"{DAY}.csv", dest_dir=tmp_path / "in")
+    assert landing_file_to_parquet(local, tmp_path / "extract") == 20

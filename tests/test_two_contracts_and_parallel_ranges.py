@@ -13,7 +13,7 @@ import polars as pl
 
 from datahub_assets.contract import load_contract
 from datahub_assets.definitions import build_definitions, build_dataset_assets
-from datahub_assets.extract.sources import LandingFiles, SourceDatabase
+from datahub_assets.extract.sources import SourceDatabase
 from datahub_dev.stack import register_keys
 from datahub_dev.synthetic import generate, write_landing_file, write_table
 from datahub_assets.lake import DataLake
@@ -63,7 +63,7 @@ def test_a_second_contract_file_adds_a_second_chain(
     resources = {
         "lake": DataLake(root=str(tmp_path / "lake")),
         "source_db": SourceDatabase(url="sqlite://"),
-        "landing": LandingFiles(url=sftp_server.url()),
+        "landing": sftp_server.landing(),
         "sdk": DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(keys_file)),
         "delivery_db": DeliveryDatabase(url=f"sqlite:///{tmp_path / 'delivery.db'}"),
     }

@@ -223,15 +223,23 @@ def _last_record_end(buf: bytearray) -> int:
             return nl + 1
 
 
+class LandingConfigError(ValueError):
+    """The landing source is configured unsafely or incompletely; the message says the fix."""
+
+
 class LandingFiles(dg.ConfigurableResource):
     """Landing files for each date: CSV or Parquet, in a local folder or on an SFTP server.
 
-    `url` is a local folder (`/data/landing`) or `sftp://user:password@host:port/folder`;
-    take it from an EnvVar, since it may carry a password.
+    `url` is a local folder (`/data/landing`, `file:///data/landing`) or
+    `sftp://user@host:port/folder`. Over SFTP the server's host key must be in
+    `known_hosts`, and the credentials come from their own settings (take them from
+    EnvVars), never from the URL.
     """
 
     url: str
-    known_hosts: str = Field(default="", description="known_hosts file for SFTP; empty trusts any host key")
+    known_hosts: str = Field(default="", description="known_hosts file holding the SFTP server's host key")
+    sftp_password: str = Field(default="", description="SFTP password (or give sftp_key_path)")
+    sftp_key_path: str = Field(default="", description="SFTP private key file (or give sftp_password)")
 
     def fetch(self, *, relative_path: str, dest_dir: Path) -> Path:
         """Bring the day's file to dest_dir and return its local path."""
@@ -244,22 +252,46 @@ class LandingFiles(dg.ConfigurableResource):
                 raise SourceMissingError(f"landing file {src} does not exist")
             shutil.copyfile(src, dest)
             return dest
+        if parsed.password is not None:
+            raise LandingConfigError(
+                "DATAHUB_LANDING_URL carries a password: remove it from the URL and set DATAHUB_SFTP_PASSWORD "
+                "(or DATAHUB_SFTP_KEY_PATH) instead"
+            )
+        if not self.known_hosts or not Path(self.known_hosts).is_file():
+            raise LandingConfigError(
+                f"SFTP needs the server's host key: set DATAHUB_SFTP_KNOWN_HOSTS to a known_hosts file holding "
+                f"{parsed.hostname}'s key (checked with the server's operator); "
+                + ("it is not set" if not self.known_hosts else f"{self.known_hosts} does not exist")
+            )
         asyncio.run(self._sftp_get(parsed, f"{parsed.path.rstrip('/')}/{relative_path}", dest))
         return dest
 
     async def _sftp_get(self, parsed: SplitResult, remote: str, dest: Path) -> None:
         import asyncssh
 
-        async with asyncssh.connect(
-            parsed.hostname,
-            port=parsed.port or 22,
-            username=unquote(parsed.username or ""),
-            password=unquote(parsed.password) if parsed.password else None,
-            known_hosts=self.known_hosts or None,
-        ) as conn, conn.start_sftp_client() as sftp:
-            if not await sftp.exists(remote):
-                raise SourceMissingError(f"landing file {remote} does not exist on {parsed.hostname}")
-            await sftp.get(remote, str(dest))
+        where = f"{parsed.hostname}:{parsed.port or 22}"
+        try:
+            async with asyncssh.connect(
+                parsed.hostname,
+                port=parsed.port or 22,
+                username=unquote(parsed.username or ""),
+                password=self.sftp_password or None,
+                client_keys=[self.sftp_key_path] if self.sftp_key_path else None,
+                known_hosts=self.known_hosts,
+            ) as conn, conn.start_sftp_client() as sftp:
+                if not await sftp.exists(remote):
+                    raise SourceMissingError(f"landing file {remote} does not exist on {parsed.hostname}")
+                await sftp.get(remote, str(dest))
+        except asyncssh.HostKeyNotVerifiable:
+            raise LandingConfigError(
+                f"the SFTP server at {where} presented a host key that is not in {self.known_hosts} "
+                "(DATAHUB_SFTP_KNOWN_HOSTS): refused. If the server's key changed, confirm its fingerprint "
+                "with the server's operator before adding it."
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise LandingConfigError(
+                f"the SFTP server at {where} refused the credentials (DATAHUB_SFTP_PASSWORD or DATAHUB_SFTP_KEY_PATH)"
+            ) from None
 
 
 def landing_file_to_parquet(path: Path, out_dir: Path) -> int:
