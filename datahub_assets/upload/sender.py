@@ -62,11 +62,19 @@ def _gc_frozen() -> Iterator[None]:
                 gc.unfreeze()
 
 
+THROTTLED = "THROTTLED"  # the partner's answer when its cap was exceeded
+MAX_CALLS_PER_BATCH = 100  # bounds a batch's loop however often it is throttled
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8
     base_delay_s: float = 1.0
     max_delay_s: float = 30.0
+
+    def throttled_delay(self) -> float:
+        """After THROTTLED: the partner's window is one second; come back within it, spread."""
+        return random.uniform(0.5, 1.5)
 
     def delay(self, attempt: int) -> float:
         """Equal jitter: at least half the exponential delay, so that the attempts of a
@@ -163,25 +171,33 @@ class RangeSender:
         return report
 
     def _send_one(self, batch: Batch, alone: bool = False) -> None:
-        attempt = 0
+        attempt = 0  # attempts that count against the budget: THROTTLED ones do not
+        calls = 0
         while True:
             attempt += 1
+            calls += 1
             # Marked before the wait, so nothing but the SDK call sits between the slot
             # and the request: that keeps arrivals at the partner as evenly spaced as the slots.
             self._ledger.mark_sending(self._data_uuid, self._day, batch.number, batch.content_hash, self._lease)
-            outcome = self._send_in_slot(batch, alone=alone and attempt == 1)
+            outcome = self._send_in_slot(batch, alone=alone and calls == 1)
             self._ledger.record_result(
                 self._data_uuid, self._day, batch.number, outcome.status, outcome.code, outcome.trace_id
             )
+            throttled = outcome.code == THROTTLED
             with self._lock:
                 self._report.attempts += 1
-                self._report.retries += attempt > 1
-                self._report.throttled += outcome.code == "THROTTLED"
+                self._report.retries += calls > 1
+                self._report.throttled += throttled
             if outcome.status is BatchStatus.SUCCESS:
                 with self._lock:
                     self._report.batches_sent += 1
                     self._report.rows_sent += len(batch.rows)
                 return
+            if throttled and calls < MAX_CALLS_PER_BATCH:
+                # The partner refused it unseen, for the cap alone: not a failed attempt.
+                attempt -= 1
+                time.sleep(self._retry.throttled_delay())
+                continue
             if outcome.status is BatchStatus.FAILED or attempt >= self._retry.max_attempts:
                 with self._lock:
                     self._report.batches_failed += 1
@@ -189,7 +205,7 @@ class RangeSender:
                     self._report.failed_batches.append(batch.number)
                 # The traceId is in the ledger; the log names only the batch and the code.
                 self._log.warning(
-                    "batch %d ended %s/%s after %d attempt(s)", batch.number, outcome.status, outcome.code, attempt
+                    "batch %d ended %s/%s after %d call(s)", batch.number, outcome.status, outcome.code, calls
                 )
                 return
             time.sleep(self._retry.delay(attempt))
