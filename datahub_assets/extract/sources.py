@@ -131,7 +131,7 @@ class SourceDatabase(dg.ConfigurableResource):
     ) -> int:
         rows = 0
         with _connect(engine, engine.connect) as conn:
-            names = columns if columns is not None else [c["name"] for c in sa.inspect(conn).get_columns(table)]
+            names = columns if columns is not None else _column_names(conn, table)
             # Each dialect quotes the identifiers and binds the date its own way.
             source = sa.table(table, *(sa.column(n) for n in dict.fromkeys([*names, date_column])))
             query = sa.select(*(source.c[n] for n in names)).where(source.c[date_column] == sa.bindparam("day", day))
@@ -149,6 +149,26 @@ class SourceDatabase(dg.ConfigurableResource):
                     parts.add(frame)
                     rows += frame.height
         return rows
+
+
+def _column_names(conn: sa.Connection, table: str) -> list[str]:
+    """The table's columns, in order."""
+    if conn.dialect.name not in _MYSQL_BACKENDS:
+        return [c["name"] for c in sa.inspect(conn).get_columns(table)]
+    # SQLAlchemy's MySQL reflection reads SHOW CREATE TABLE and leaves a backtick in a
+    # name doubled; the catalogue holds the names as they are.
+    catalogue = sa.table(
+        "COLUMNS", *(sa.column(c) for c in ("TABLE_SCHEMA", "TABLE_NAME", "COLUMN_NAME", "ORDINAL_POSITION")),
+        schema="information_schema",
+    )
+    names = conn.execute(
+        sa.select(catalogue.c.COLUMN_NAME)
+        .where(catalogue.c.TABLE_SCHEMA == sa.func.database(), catalogue.c.TABLE_NAME == table)
+        .order_by(sa.cast(catalogue.c.ORDINAL_POSITION, sa.Integer))
+    ).scalars().all()
+    if not names:
+        raise sa.exc.NoSuchTableError(table)
+    return list(names)
 
 
 def _connect(engine: sa.Engine, connect: Callable[[], Any]) -> Any:
@@ -346,6 +366,9 @@ class _CsvToParquetParts:
         self._reader_file = os.fdopen(read_fd, "rb", buffering=0)
         self.file = os.fdopen(write_fd, "wb", buffering=_PIPE_READ_BYTES)
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        # The header's names as CSV defines them: polars keeps a doubled quote in a header
+        # name doubled, so each chunk is read with these names instead.
+        self._names: list[str] | None = None
         self._errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._read, name="extract-read", daemon=True),
@@ -384,6 +407,7 @@ class _CsvToParquetParts:
                     if end < 0:
                         continue
                     header = bytes(buf[:end])
+                    self._names = next(csv.reader([header.decode()]))
                     del buf[:end]
                 if len(buf) >= self._chunk_bytes and (cut := _last_record_end(buf)) > 0:
                     with memoryview(buf) as view:
@@ -407,7 +431,7 @@ class _CsvToParquetParts:
             if self._errors:
                 continue  # keep taking chunks, so that the reader never blocks
             try:
-                frame = pl.read_csv(chunk, infer_schema=False)
+                frame = pl.read_csv(chunk, infer_schema=False, new_columns=self._names)
                 del chunk
                 frame.write_parquet(self._out_dir / f"part-{part:05d}.parquet", compression=_PART_COMPRESSION)
                 part += 1
