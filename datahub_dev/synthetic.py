@@ -67,7 +67,7 @@ def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> N
     column TEXT, like a legacy source). Postgres is loaded with COPY, MariaDB/MySQL with
     LOAD DATA LOCAL INFILE, anything else with batched INSERTs."""
     mysql = sa.make_url(url).get_backend_name() in ("mysql", "mariadb")
-    engine = create_engine(url, **({"connect_args": {"local_infile": True, "charset": "utf8mb4"}} if mysql else {}))
+    engine = create_engine(url)
     target = sa.Table(table, sa.MetaData(), *(sa.Column(c, sa.Text) for c in frame.columns))
     try:
         target.create(engine, checkfirst=True)
@@ -89,7 +89,7 @@ def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> N
             finally:
                 raw.close()
         elif mysql:
-            _load_data_local(engine, frame, table)
+            mysql_load_data(url, frame, table)
         else:
             with engine.begin() as conn:
                 for chunk in frame.iter_slices(50_000):
@@ -98,9 +98,11 @@ def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> N
         engine.dispose()
 
 
-def _load_data_local(engine: sa.Engine, frame: pl.DataFrame, table: str) -> None:
-    """LOAD DATA LOCAL INFILE in the server's own escaped text format (tab-separated,
-    backslash escapes, \\N for null), so that any text, null and empty stay apart."""
+def mysql_load_data(url: str, frame: pl.DataFrame, table: str) -> None:
+    """Append the frame to an existing MariaDB/MySQL table with LOAD DATA LOCAL INFILE, in
+    the server's own escaped text format (tab-separated, backslash escapes, \\N for
+    null), so that any text, null and empty stay apart. Each value is converted by the
+    server to its column's type."""
     escaped = frame.select(
         pl.col(c)
         .cast(pl.String)
@@ -110,16 +112,20 @@ def _load_data_local(engine: sa.Engine, frame: pl.DataFrame, table: str) -> None
         .fill_null("\\N")
         for c in frame.columns
     )
+    engine = create_engine(url, connect_args={"local_infile": True, "charset": "utf8mb4"})
     quote = engine.dialect.identifier_preparer.quote
     load = (
         f"LOAD DATA LOCAL INFILE %s INTO TABLE {quote(table)} CHARACTER SET utf8mb4 "
         "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
         f"({', '.join(quote(c) for c in frame.columns)})"
     ).replace("%", "%%").replace("%%s", "%s", 1)
-    with tempfile.NamedTemporaryFile(suffix=".tsv") as buf:
-        escaped.write_csv(buf.name, separator="\t", quote_style="never", include_header=False)
-        with engine.begin() as conn:
-            conn.exec_driver_sql(load, (buf.name,))
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".tsv") as buf:
+            escaped.write_csv(buf.name, separator="\t", quote_style="never", include_header=False)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(load, (buf.name,))
+    finally:
+        engine.dispose()
 
 
 def write_landing_file(frame: pl.DataFrame, path: Path) -> None:

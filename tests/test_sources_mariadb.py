@@ -25,6 +25,7 @@ from datahub_assets.extract.sources import SourceConnectionError, SourceDatabase
 from datahub_assets.snapshot.conform import REASON
 from datahub_assets.sql import create_engine
 from datahub_dev.scratch_db import mariadb_admin_execute
+from datahub_dev.synthetic import generate, write_table
 from datahub_emulator import checks
 from datahub_emulator.toolkit import read_properties
 
@@ -192,6 +193,26 @@ def test_hostile_table_and_column_names_are_quoted_by_each_dialect(backend, tmp_
 
     # The date is bound, never spliced in.
     assert extract(url, HOSTILE_TABLE, tmp_path / "x", date_column=HOSTILE_DATE, day=f"{DAY}' OR '1'='1").height == 0
+
+
+def test_a_synthetic_day_written_to_mariadb_comes_back_unchanged(mariadb_url, tmp_path):
+    source = generate(2_500, DAY, bad_share=0.05)
+    awkward = ["a\tb", "x\ny", "back\\slash", "\\N", "NULL", "", " ", '"', "😀陈"]
+    source = source.with_columns(
+        pl.when(pl.int_range(pl.len()) < len(awkward))
+        .then(pl.lit(pl.Series(awkward + [None] * (source.height - len(awkward)))))
+        .otherwise(pl.col("user_name"))
+        .alias("user_name")
+    )
+    write_table(source, mariadb_url)
+    write_table(generate(700, "2026-11-25"), mariadb_url)  # another day in the same table
+    write_table(source, mariadb_url)  # written again: the day is replaced, not doubled
+
+    extracted = extract(mariadb_url, "user_profile", tmp_path)
+    key = source.columns
+    assert extracted.height == 2_500
+    assert extracted.select(key).sort(key, nulls_last=True).equals(source.sort(key, nulls_last=True))
+    assert set(awkward) <= set(extracted["user_name"].to_list())
 
 
 def test_an_empty_mariadb_day_still_has_the_columns(mariadb_url, tmp_path):
