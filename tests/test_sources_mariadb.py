@@ -129,6 +129,25 @@ def test_each_mariadb_type_comes_through_as_the_text_postgres_gives(mariadb_url,
     assert from_mariadb.sort("amount").equals(from_postgres.sort("amount"))
 
 
+def test_mariadb_types_postgres_lacks_have_a_fixed_text(mariadb_url, tmp_path):
+    execute(
+        mariadb_url,
+        "SET SESSION sql_mode = ''",
+        "SET SESSION time_zone = '+08:00'",  # the writer's zone; the extract reads TIMESTAMP as UTC
+        "CREATE TABLE t (i INT, ts TIMESTAMP(3) NULL, tm TIME(6), bin VARBINARY(8), bits BIT(5), f FLOAT,"
+        " y YEAR, d DATE, dt DATETIME, snapshot_date DATE)",
+        f"INSERT INTO t VALUES (1, '2026-11-26 12:00:00.500', '-838:59:59.5', x'00ff10', b'10101', 1.5, 2026,"
+        f" '2026-02-00', '2026-11-26 08:00:00', '{DAY}'),"
+        f" (2, '0000-00-00 00:00:00', '00:00:00', '', b'0', 123456789, 1999, '0000-00-00', '0000-00-00 00:00:00', '{DAY}')",
+    )
+    got = extract(mariadb_url, "t", tmp_path).sort("i").drop("snapshot_date").rows()
+    assert got == [
+        ("1", "2026-11-26 04:00:00.5", "-838:59:59.5", "\\x00ff10", "\\x15", "1.5", "2026", "2026-02-00", "2026-11-26 08:00:00"),
+        ("2", None, "00:00:00", "\\x",  # empty bytes, as bytea prints them
+         "\\x00", "123457000", "1999", None, None),
+    ]
+
+
 def random_doubles(n: int, seed: int) -> list[float]:
     """Finite doubles from random bit patterns (every exponent, subnormals included) and
     from ordinary ranges, plus the edge cases."""
@@ -221,6 +240,9 @@ def test_an_empty_mariadb_day_still_has_the_columns(mariadb_url, tmp_path):
     empty = extract(mariadb_url, "t", tmp_path)
     assert empty.height == 0 and empty.columns == ["id", "amount", "snapshot_date"]
     assert extract(mariadb_url, "t", tmp_path, day="2026-11-25").rows() == [("a", "1.50", "2026-11-25")]
+    # A URL without a driver is read with pymysql too.
+    bare = mariadb_url.replace("mysql+pymysql://", "mysql://")
+    assert extract(bare, "t", tmp_path, day="2026-11-25").rows() == [("a", "1.50", "2026-11-25")]
 
 
 def test_a_wrong_password_is_a_clear_error_that_shows_no_password(mariadb_url, tmp_path):
