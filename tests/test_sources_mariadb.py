@@ -270,6 +270,22 @@ def test_a_wrong_password_is_a_clear_error_that_shows_no_password(mariadb_url, t
     assert "Wr0ng" not in everything  # not even a part of it
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://root:Se%23cret-Pa55@127.0.0.1:3306/no_such_database",
+        "postgresql://postgres:Se%23cret-Pa55@127.0.0.1:5432/no_such_database",
+    ],
+    ids=["mariadb", "postgresql"],
+)
+def test_a_database_that_is_not_there_is_a_connection_error_with_the_password_masked(url, tmp_path):
+    with pytest.raises(SourceConnectionError, match=r"no_such_database") as caught:
+        SourceDatabase(url=url).extract_day(table="t", date_column="snapshot_date", day=DAY, out_dir=tmp_path / "x")
+    assert ":***@127.0.0.1" in str(caught.value)
+    everything = "".join(traceback.format_exception(caught.value))
+    assert "Se#cret" not in everything and "Se%23cret" not in everything
+
+
 # --- a day delivered end to end from MariaDB ---------------------------------------------
 
 ROWS = 5_000

@@ -88,7 +88,7 @@ class SourceDatabase(dg.ConfigurableResource):
         `columns` names the columns to read, in order; None reads all of the table's.
         """
         if columns is not None:
-            columns = list(columns)
+            columns = [columns] if isinstance(columns, str) else list(columns)
             if not columns or len(set(columns)) != len(columns):
                 raise ValueError(f"extract of {table!r}: columns must be a non-empty list of distinct names")
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -175,11 +175,13 @@ def _connect(engine: sa.Engine, connect: Callable[[], Any]) -> Any:
     """connect(), with a refused connection raised as SourceConnectionError."""
     try:
         return connect()
-    except sa.exc.DBAPIError as error:
+    except (sa.exc.DBAPIError, engine.dialect.loaded_dbapi.Error) as error:
+        # raw_connection() raises the driver's own error, connect() SQLAlchemy's wrapper.
+        reason = error.orig if isinstance(error, sa.exc.DBAPIError) else error
         # `from None`: the message carries what the driver said; the URL only masked.
         raise SourceConnectionError(
             f"cannot connect to the source database {engine.url.render_as_string(hide_password=True)}: "
-            f"{type(error.orig).__name__}: {str(error.orig).strip()}"
+            f"{type(reason).__name__}: {str(reason).strip()}"
         ) from None
 
 
