@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import sqlalchemy as sa
+from psycopg2 import sql as psycopg2_sql
 
 from datahub_assets.sql import create_engine
 
@@ -62,32 +63,67 @@ def generate(rows: int, day: str, bad_share: float = 0.0, seed: int = 7, version
 
 
 def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> None:
-    """Append to a source table, creating it if needed (every column TEXT, like a legacy source)."""
+    """Replace the frame's day in a source table, creating the table if needed (every
+    column TEXT, like a legacy source). Postgres is loaded with COPY, MariaDB/MySQL with
+    LOAD DATA LOCAL INFILE, anything else with batched INSERTs."""
+    mysql = sa.make_url(url).get_backend_name() in ("mysql", "mariadb")
     engine = create_engine(url)
-    cols = ", ".join(f'"{c}" TEXT' for c in frame.columns)
+    target = sa.Table(table, sa.MetaData(), *(sa.Column(c, sa.Text) for c in frame.columns))
     try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE TABLE IF NOT EXISTS "{table}" ({cols})'))
-            day = frame["snapshot_date"].first() if frame.height else None
-            if day is not None:
-                conn.execute(sa.text(f'DELETE FROM "{table}" WHERE snapshot_date = :d'), {"d": day})
+        target.create(engine, checkfirst=True)
+        day = frame["snapshot_date"].first() if frame.height else None
+        if day is not None:
+            with engine.begin() as conn:
+                conn.execute(target.delete().where(target.c.snapshot_date == day))
         if engine.dialect.name == "postgresql":
             raw = engine.raw_connection()
             try:
                 with tempfile.TemporaryFile() as buf:
                     frame.write_csv(buf)
                     buf.seek(0)
-                    raw.cursor().copy_expert(f'COPY "{table}" FROM STDIN WITH (FORMAT csv, HEADER true)', buf)
+                    copy = psycopg2_sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(
+                        psycopg2_sql.Identifier(table)
+                    )
+                    raw.cursor().copy_expert(copy, buf)
                 raw.commit()
             finally:
                 raw.close()
+        elif mysql:
+            mysql_load_data(url, frame, table)
         else:
-            insert = sa.text(
-                f'INSERT INTO "{table}" ({", ".join(frame.columns)}) VALUES ({", ".join(":" + c for c in frame.columns)})'
-            )
             with engine.begin() as conn:
                 for chunk in frame.iter_slices(50_000):
-                    conn.execute(insert, chunk.to_dicts())
+                    conn.execute(target.insert(), chunk.to_dicts())
+    finally:
+        engine.dispose()
+
+
+def mysql_load_data(url: str, frame: pl.DataFrame, table: str) -> None:
+    """Append the frame to an existing MariaDB/MySQL table with LOAD DATA LOCAL INFILE, in
+    the server's own escaped text format (tab-separated, backslash escapes, \\N for
+    null), so that any text, null and empty stay apart. Each value is converted by the
+    server to its column's type."""
+    escaped = frame.select(
+        pl.col(c)
+        .cast(pl.String)
+        .str.replace_all("\\", "\\\\", literal=True)
+        .str.replace_all("\t", "\\t", literal=True)
+        .str.replace_all("\n", "\\n", literal=True)
+        .fill_null("\\N")
+        for c in frame.columns
+    )
+    engine = create_engine(url, connect_args={"local_infile": True, "charset": "utf8mb4"})
+    quote = engine.dialect.identifier_preparer.quote
+    load = (
+        f"LOAD DATA LOCAL INFILE %s INTO TABLE {quote(table)} CHARACTER SET utf8mb4 "
+        "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
+        f"({', '.join(quote(c) for c in frame.columns)})"
+    ).replace("%", "%%").replace("%%s", "%s", 1)
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".tsv") as buf:
+            escaped.write_csv(buf.name, separator="\t", quote_style="never", include_header=False)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(load, (buf.name,))
     finally:
         engine.dispose()
 

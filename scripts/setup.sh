@@ -15,7 +15,7 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e '.[emulator,test]'
+  .venv/bin/pip install --quiet -e '.[emulator,mysql,test]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 scripts/build_sdk.sh

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/ensure_postgres.sh
+scripts/ensure_mariadb.sh
 scripts/ensure_chromium.sh
 mkdir -p test-artifacts
 exec .venv/bin/python -m pytest "$@"

@@ -271,3 +271,15 @@ def receiver() -> Iterator[Receiver]:
     yield Receiver(f"http://127.0.0.1:{server.server_port}", posts, refusing)
     server.shutdown()
     server.server_close()
+
+
+# --- MariaDB ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A SQLAlchemy URL (mysql+pymysql) of a fresh, empty MariaDB database, dropped afterwards."""
+    from datahub_dev.scratch_db import scratch_mariadb_database
+
+    with scratch_mariadb_database("datahub_test") as url:
+        yield url

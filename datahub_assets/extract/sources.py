@@ -2,21 +2,27 @@
 
 Extracts keep every value as text, exactly as the source had it; the snapshot decides
 what is valid. Postgres is read with COPY ... TO STDOUT streamed into Parquet parts
-while it arrives (never row by row in Python); any other SQLAlchemy database is read in
-Arrow batches.
+while it arrives (never row by row in Python). MariaDB/MySQL (pymysql) and any other
+SQLAlchemy database are read through a server-side cursor in bounded batches, each value
+written as the text Postgres would print for the same value (docs/sources.md has the
+type mapping), so that a contract behaves the same on every source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
+import decimal
 import fcntl
 import os
 import queue
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import dagster as dg
@@ -24,9 +30,13 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import Field
 
-from datahub_assets.sql import create_engine
+from datahub_assets.sql import engine_url
 
 _PART_ROWS = 500_000
+# Rows per fetch from a server-side cursor: the Python objects of one fetch are all the
+# driver holds at a time.
+_FETCH_ROWS = 20_000
+_MYSQL_BACKENDS = ("mysql", "mariadb")
 
 
 class SourceMissingError(FileNotFoundError):
@@ -38,62 +48,294 @@ class SourceFormatError(ValueError):
     problem, never a value."""
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+class SourceConnectionError(ConnectionError):
+    """The source database refused or could not take the connection. The message names
+    the database with its password masked, and the driver's reason."""
 
 
 class SourceDatabase(dg.ConfigurableResource):
-    """The wallet's relational source (PostgreSQL in production, SQLite for the demo)."""
+    """The wallet's relational source: PostgreSQL, MariaDB/MySQL (`mysql+pymysql://`, the
+    `[mysql]` extra), or SQLite for the demo. Take `url` from an EnvVar: it may carry a
+    password, which no message of this class ever shows."""
 
     url: str
     # CSV bytes per Parquet part of a Postgres extract: bounds the extract's memory.
     copy_part_bytes: int = Field(default=64 << 20, gt=0)
 
     def _engine(self) -> sa.Engine:
-        return create_engine(self.url)
+        url = sa.make_url(engine_url(self.url))
+        if url.get_backend_name() not in _MYSQL_BACKENDS:
+            return sa.create_engine(url)
+        if "+" not in url.drivername:
+            url = url.set(drivername=f"{url.drivername}+pymysql")
+        if url.get_driver_name() != "pymysql":
+            raise ValueError(
+                f"MariaDB/MySQL sources are read with pymysql: write the URL as {url.get_backend_name()}+pymysql://…"
+            )
+        try:
+            connect_args = _mysql_connect_args()
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(
+                "MariaDB/MySQL sources need pymysql: install the [mysql] extra (pip install 'datahub-assets[mysql]')"
+            ) from None
+        return sa.create_engine(url, connect_args=connect_args)
 
-    def extract_day(self, *, table: str, date_column: str, day: str, out_dir: Path) -> int:
-        """Write the day's rows, all columns as text, as Parquet parts in out_dir; return the row count."""
+    def extract_day(
+        self, *, table: str, date_column: str, day: str, out_dir: Path, columns: Sequence[str] | None = None
+    ) -> int:
+        """Write the day's rows, every value as text, as Parquet parts in out_dir; return the row count.
+
+        `columns` names the columns to read, in order; None reads all of the table's.
+        """
+        if columns is not None:
+            columns = [columns] if isinstance(columns, str) else list(columns)
+            if not columns or len(set(columns)) != len(columns):
+                raise ValueError(f"extract of {table!r}: columns must be a non-empty list of distinct names")
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
         engine = self._engine()
         try:
             if engine.dialect.name == "postgresql":
-                return self._copy_postgres(engine, table, date_column, day, out_dir, self.copy_part_bytes)
-            return self._read_batches(engine, table, date_column, day, out_dir)
+                return self._copy_postgres(engine, table, date_column, day, columns, out_dir, self.copy_part_bytes)
+            return self._read_batches(engine, table, date_column, day, columns, out_dir)
         finally:
             engine.dispose()
 
     @staticmethod
-    def _copy_postgres(engine: sa.Engine, table: str, date_column: str, day: str, out_dir: Path, part_bytes: int) -> int:
-        # The date is bound by Postgres' own literal quoting, never formatted in by hand.
-        conn = engine.raw_connection()
+    def _copy_postgres(
+        engine: sa.Engine, table: str, date_column: str, day: str, columns: list[str] | None, out_dir: Path, part_bytes: int
+    ) -> int:
+        from psycopg2 import sql
+
+        conn = _connect(engine, engine.raw_connection)
         try:
             cur = conn.cursor()
-            select = cur.mogrify(
-                f"SELECT * FROM {_quote_ident(table)} WHERE {_quote_ident(date_column)} = %s", (day,)
-            ).decode()
+            # Identifiers quoted and the date bound by psycopg2, never formatted in by hand.
+            select = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+                sql.SQL("*") if columns is None else sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(table),
+                sql.Identifier(date_column),
+            )
+            copy = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
+                sql.SQL(cur.mogrify(select, (day,)).decode())
+            )
             with _CsvToParquetParts(out_dir, part_bytes) as sink:
-                cur.copy_expert(f"COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER true)", sink.file)
+                cur.copy_expert(copy, sink.file)
         finally:
             conn.close()
         return pl.scan_parquet(out_dir / "*.parquet").select(pl.len()).collect().item()
 
     @staticmethod
-    def _read_batches(engine: sa.Engine, table: str, date_column: str, day: str, out_dir: Path) -> int:
-        query = sa.text(f"SELECT * FROM {_quote_ident(table)} WHERE {_quote_ident(date_column)} = :day")
+    def _read_batches(
+        engine: sa.Engine, table: str, date_column: str, day: str, columns: list[str] | None, out_dir: Path
+    ) -> int:
         rows = 0
-        with engine.connect() as conn:
-            batches = pl.read_database(
-                query, conn, iter_batches=True, batch_size=_PART_ROWS, execute_options={"parameters": {"day": day}}
+        with _connect(engine, engine.connect) as conn:
+            names = columns if columns is not None else _column_names(conn, table)
+            # Each dialect quotes the identifiers and binds the date its own way.
+            source = sa.table(table, *(sa.column(n) for n in dict.fromkeys([*names, date_column])))
+            query = sa.select(*(source.c[n] for n in names)).where(source.c[date_column] == sa.bindparam("day", day))
+            result = conn.execution_options(stream_results=True, max_row_buffer=_FETCH_ROWS).execute(query)
+            mysql_types = (
+                [d[1] for d in result.cursor.description] if engine.dialect.name in _MYSQL_BACKENDS else None
             )
-            for i, frame in enumerate(batches):
-                frame.select(pl.all().cast(pl.String)).write_parquet(out_dir / f"part-{i:05d}.parquet")
-                rows += frame.height
-        if rows == 0:
-            schema = {c["name"]: pl.String for c in sa.inspect(engine).get_columns(table)}
-            pl.DataFrame(schema=schema).write_parquet(out_dir / "part-00000.parquet")
+            with _ParquetParts(out_dir, names) as parts:
+                for batch in result.partitions(_FETCH_ROWS):
+                    values = list(zip(*batch))
+                    if mysql_types is not None:
+                        frame = _mysql_frame(names, mysql_types, values)
+                    else:
+                        frame = pl.DataFrame([_text_series(n, v) for n, v in zip(names, values)])
+                    parts.add(frame)
+                    rows += frame.height
         return rows
+
+
+def _column_names(conn: sa.Connection, table: str) -> list[str]:
+    """The table's columns, in order."""
+    if conn.dialect.name not in _MYSQL_BACKENDS:
+        return [c["name"] for c in sa.inspect(conn).get_columns(table)]
+    # SQLAlchemy's MySQL reflection reads SHOW CREATE TABLE and leaves a backtick in a
+    # name doubled; the catalogue holds the names as they are.
+    catalogue = sa.table(
+        "COLUMNS", *(sa.column(c) for c in ("TABLE_SCHEMA", "TABLE_NAME", "COLUMN_NAME", "ORDINAL_POSITION")),
+        schema="information_schema",
+    )
+    names = conn.execute(
+        sa.select(catalogue.c.COLUMN_NAME)
+        .where(catalogue.c.TABLE_SCHEMA == sa.func.database(), catalogue.c.TABLE_NAME == table)
+        .order_by(sa.cast(catalogue.c.ORDINAL_POSITION, sa.Integer))
+    ).scalars().all()
+    if not names:
+        raise sa.exc.NoSuchTableError(table)
+    return list(names)
+
+
+def _connect(engine: sa.Engine, connect: Callable[[], Any]) -> Any:
+    """connect(), with a refused connection raised as SourceConnectionError."""
+    try:
+        return connect()
+    except (sa.exc.DBAPIError, engine.dialect.loaded_dbapi.Error) as error:
+        # raw_connection() raises the driver's own error, connect() SQLAlchemy's wrapper.
+        reason = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+        # `from None`: the message carries what the driver said; the URL only masked.
+        raise SourceConnectionError(
+            f"cannot connect to the source database {engine.url.render_as_string(hide_password=True)}: "
+            f"{type(reason).__name__}: {str(reason).strip()}"
+        ) from None
+
+
+def _mysql_connect_args() -> dict[str, Any]:
+    import pymysql.converters
+
+    return {
+        # Emoji and other 4-byte characters come through whole.
+        "charset": "utf8mb4",
+        # No decoders: every value arrives as the server's text (binary ones as bytes), so
+        # DECIMAL and BIGINT UNSIGNED stay exact and zero dates cannot become objects.
+        "conv": {k: v for k, v in pymysql.converters.conversions.items() if not isinstance(k, int)},
+        # TIMESTAMP values as UTC, whatever the server's zone; a slow reader (writing a
+        # part) must not make the server give up on a streaming result.
+        "init_command": "SET time_zone = '+00:00', net_write_timeout = 600",
+    }
+
+
+class _ParquetParts:
+    """Frames of text columns gathered into part-NNNNN.parquet files of about
+    _PART_ROWS rows; an empty day still makes one (empty) part with the columns. On an
+    error the parts written so far are removed."""
+
+    def __init__(self, out_dir: Path, names: list[str]):
+        self._out_dir = out_dir
+        self._schema = {n: pl.String for n in names}
+        self._pending: list[pl.DataFrame] = []
+        self._pending_rows = 0
+        self._parts = 0
+
+    def __enter__(self) -> _ParquetParts:
+        return self
+
+    def add(self, frame: pl.DataFrame) -> None:
+        self._pending.append(frame)
+        self._pending_rows += frame.height
+        if self._pending_rows >= _PART_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        frame = pl.concat(self._pending) if self._pending else pl.DataFrame(schema=self._schema)
+        frame.write_parquet(self._out_dir / f"part-{self._parts:05d}.parquet", compression=_PART_COMPRESSION)
+        self._parts += 1
+        self._pending, self._pending_rows = [], 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc is None and (self._pending or self._parts == 0):
+            self._flush()
+        if exc is not None:
+            for part in self._out_dir.glob("part-*.parquet"):
+                part.unlink(missing_ok=True)
+
+
+# --- values as text, the way Postgres prints them ----------------------------------------
+
+
+def _double_text(x: float) -> str:
+    """A double as Postgres' float8 output writes it: the shortest digits that read back
+    as the same double, in fixed notation for 1e-4 <= |x| < 1e15 ("0.1", "123456789",
+    "-0") and in exponent notation otherwise ("1e+15", "1.5e-05")."""
+    if x != x:
+        return "NaN"
+    if x in (float("inf"), float("-inf")):
+        return "Infinity" if x > 0 else "-Infinity"
+    text = repr(x)  # the same shortest digits; Python's notation switches at 1e16
+    if text.endswith(".0"):
+        text = text[:-2]
+    if 1e15 <= abs(x) < 1e16:
+        sign, fixed = ("-", text[1:]) if text[0] == "-" else ("", text)
+        digits = fixed.replace(".", "").rstrip("0")
+        text = f"{sign}{digits[0]}{'.' + digits[1:] if len(digits) > 1 else ''}e+15"
+    return text
+
+
+def _fraction_trimmed(text: str) -> str:
+    """'12:34:56.500000' -> '12:34:56.5', '12:34:56.000000' -> '12:34:56' (Postgres' form)."""
+    if "." not in text:
+        return text
+    return text.rstrip("0").rstrip(".")
+
+
+def _bytes_text(b: bytes | bytearray | memoryview) -> str:
+    return "\\x" + bytes(b).hex()  # bytea's hex output
+
+
+def _decimal_text(d: decimal.Decimal) -> str:
+    return format(d, "f")  # exact, never "1E-8"
+
+
+def _datetime_text(t: dt.datetime | dt.time) -> str:
+    return _fraction_trimmed(t.isoformat(sep=" ") if isinstance(t, dt.datetime) else t.isoformat())
+
+
+_TEXT_OF: dict[type, Callable[[Any], str]] = {
+    bool: lambda b: "t" if b else "f",
+    int: str,
+    float: _double_text,
+    decimal.Decimal: _decimal_text,
+    dt.datetime: _datetime_text,
+    dt.date: dt.date.isoformat,
+    dt.time: _datetime_text,
+    dt.timedelta: str,
+    bytes: _bytes_text,
+    bytearray: _bytes_text,
+    memoryview: _bytes_text,
+}
+
+
+def _text_series(name: str, values: Sequence[Any]) -> pl.Series:
+    """A column of Python values (any DB-API driver) as text."""
+    try:
+        return pl.Series(name, values, dtype=pl.String, strict=True)  # already text: the common case
+    except (TypeError, pl.exceptions.PolarsError):
+        pass
+    return pl.Series(
+        name, [None if v is None else v if type(v) is str else _TEXT_OF.get(type(v), str)(v) for v in values], dtype=pl.String
+    )
+
+
+# pymysql's field type codes (pymysql.constants.FIELD_TYPE) whose server text is not
+# already Postgres' text for the same value.
+_MYSQL_FLOATS = frozenset({4, 5})  # FLOAT, DOUBLE
+_MYSQL_TEMPORAL = frozenset({7, 10, 11, 12, 14})  # TIMESTAMP, DATE, TIME, DATETIME, NEWDATE
+_ZERO_DATE = "0000-00-00"
+
+
+def _mysql_frame(names: list[str], types: list[int], columns: list[tuple]) -> pl.DataFrame:
+    """One fetch of server text (pymysql without decoders) as a frame of text columns.
+
+    DECIMAL, integers of any size (BIGINT UNSIGNED too), TINYINT(1), YEAR, ENUM, SET,
+    JSON and character data are the server's text as is. DOUBLE/FLOAT: Postgres' float8
+    text. DATETIME/TIMESTAMP/TIME: the fraction without trailing zeros. A zero date
+    (0000-00-00, with or without a time) is null. Binary data: "\\x" and hex.
+    """
+    series = []
+    for name, code, values in zip(names, types, columns or [()] * len(names)):
+        if code in _MYSQL_FLOATS:
+            values = [None if v is None else _double_text(float(v)) for v in values]
+        try:
+            s = pl.Series(name, values, dtype=pl.String, strict=True)
+        except (TypeError, pl.exceptions.PolarsError):  # binary data arrives as bytes
+            s = pl.Series(name, [None if v is None else _bytes_text(v) for v in values], dtype=pl.String)
+        if code in _MYSQL_TEMPORAL:
+            s = (
+                pl.select(
+                    pl.when(s.str.starts_with(_ZERO_DATE))
+                    .then(None)
+                    .otherwise(s.str.replace(r"(\.[0-9]*[1-9])0+$", "${1}").str.replace(r"\.0+$", ""))
+                    .alias(name)
+                )
+                .to_series()
+            )
+        series.append(s)
+    return pl.DataFrame(series)
 
 
 _PIPE_READ_BYTES = 1 << 20
@@ -126,6 +368,9 @@ class _CsvToParquetParts:
         self._reader_file = os.fdopen(read_fd, "rb", buffering=0)
         self.file = os.fdopen(write_fd, "wb", buffering=_PIPE_READ_BYTES)
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        # The header's names as CSV defines them: polars keeps a doubled quote in a header
+        # name doubled, so each chunk is read with these names instead.
+        self._names: list[str] | None = None
         self._errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._read, name="extract-read", daemon=True),
@@ -164,6 +409,7 @@ class _CsvToParquetParts:
                     if end < 0:
                         continue
                     header = bytes(buf[:end])
+                    self._names = next(csv.reader([header.decode()]))
                     del buf[:end]
                 if len(buf) >= self._chunk_bytes and (cut := _last_record_end(buf)) > 0:
                     with memoryview(buf) as view:
@@ -187,7 +433,7 @@ class _CsvToParquetParts:
             if self._errors:
                 continue  # keep taking chunks, so that the reader never blocks
             try:
-                frame = pl.read_csv(chunk, infer_schema=False)
+                frame = pl.read_csv(chunk, infer_schema=False, new_columns=self._names)
                 del chunk
                 frame.write_parquet(self._out_dir / f"part-{part:05d}.parquet", compression=_PART_COMPRESSION)
                 part += 1
