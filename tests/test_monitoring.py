@@ -131,9 +131,14 @@ class Platform:
         )
 
     def settle(self) -> None:
-        """Let the latest materialization age past one second: SQLite keeps a check result's
-        time in whole seconds, so the sensor repeats a result reported sooner (see sensors.py)."""
-        time.sleep(1.1)
+        """Until the latest materialization is over one second old: SQLite keeps a check
+        result's time in whole seconds, so the sensor repeats a result reported sooner
+        (see sensors.py)."""
+        (latest,) = self.instance.fetch_materializations(UPLOADED, limit=1).records
+        deadline = time.monotonic() + 30
+        while time.time() <= latest.timestamp + 1.0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
     def tick(self, watch: Watch, now: datetime, cursor: str | None = None, lookback_days: int = 1) -> dg.SensorResult:
         """One sensor tick at `now`; its check results are stored as the sensor daemon does."""
