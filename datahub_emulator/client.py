@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,14 +33,6 @@ def admin_token_for(url: str) -> str | None:
     """The admin token for the endpoint at `url`: its own if this process started it,
     else $DATAHUB_EMULATOR_ADMIN_TOKEN, else None."""
     return _started_tokens.get(url.rstrip("/")) or os.environ.get(ADMIN_TOKEN_ENV) or None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago. Racy (another process may take it before the
-    caller binds it); the endpoint does not use it, it binds port 0 itself."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class AdminClient:

@@ -235,6 +235,7 @@ class Receiver:
     url: str
     posts: list[tuple[str, dict, dict]] = field(default_factory=list)  # (path, headers, JSON body)
     refusing: list[bool] = field(default_factory=lambda: [False])  # answer 503 while True
+    refused_paths: set[str] = field(default_factory=set)  # answer 503 on these paths
 
     def webhook_alerts(self) -> list[dict]:
         return [body for path, _, body in self.posts if path == "/hook"]
@@ -247,11 +248,12 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     posts: list[tuple[str, dict, dict]] = []
     refusing = [False]
+    refused_paths: set[str] = set()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            if refusing[0]:
+            if refusing[0] or self.path in refused_paths:
                 self.send_error(503)
                 return
             posts.append((self.path, dict(self.headers), json.loads(body)))
@@ -268,7 +270,7 @@ def receiver() -> Iterator[Receiver]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield Receiver(f"http://127.0.0.1:{server.server_port}", posts, refusing)
+    yield Receiver(f"http://127.0.0.1:{server.server_port}", posts, refusing, refused_paths)
     server.shutdown()
     server.server_close()
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from datahub_assets.upload.ledger import Ledger
-from datahub_assets.upload.limiter import RateLimiter
+from datahub_assets.upload.database import NOW
+from datahub_assets.upload.limiter import RateLimiter, limiter_table
 from datahub_emulator.service import max_in_window
 
 UUID = "6b42f8c92190425fa2d8d92ff723a11a"
@@ -55,29 +61,127 @@ def test_limiter_holds_the_cap_in_every_sliding_second(delivery_engine):
     assert max_in_window(sorted(grants)) <= 20  # how much of the cap it uses is measured in bench/cap_use.py
 
 
-def test_backfill_only_takes_slots_the_current_day_leaves(delivery_engine):
-    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="t2")
-    current: list[float] = []
-    backfill: list[float] = []
-    stop = threading.Event()
+def _next_slot_and_now(engine: sa.Engine, name: str) -> tuple[float, float]:
+    """The limiter's row and the database's clock, read in one statement."""
+    t = limiter_table
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t.c.next_slot, NOW[engine.dialect.name]).where(t.c.name == name)).one()
+    return row[0], row[1]
 
-    def backfiller():
-        while not stop.is_set():
-            limiter.acquire(priority=False)
-            backfill.append(time.time())
 
-    b = threading.Thread(target=backfiller, daemon=True)
-    b.start()
-    time.sleep(0.5)  # the backfill runs alone: it gets the slots
-    before = len(backfill)
-    _slots(limiter, threads=4, per_thread=10, priority=True, out=current)
-    stop.set()
-    b.join(timeout=2)
-    during = [t for t in backfill if current[0] <= t <= current[-1]]
-    assert before >= 5
-    # While the current day saturates the cap, the backfill gets (almost) nothing.
-    assert len(during) <= 2
-    assert max_in_window(sorted(current + backfill)) <= 20
+def _in_thread(target) -> tuple[threading.Thread, threading.Event]:  # noqa: ANN001
+    done = threading.Event()
+
+    def run() -> None:
+        target()
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def test_a_backfill_takes_no_slot_while_a_priority_reservation_holds_the_next_one(delivery_engine):
+    # One slot per 1000 s: a reservation keeps next_slot in the future for the whole test.
+    limiter = RateLimiter(delivery_engine, cap_per_second=0.001, name="lanes")
+    limiter.acquire(priority=True)  # the row is free: the slot is now, the next one 1000 s on
+    next_slot, now = _next_slot_and_now(delivery_engine, "lanes")
+    assert next_slot > now + 900
+
+    # The backfill lane only takes a slot that is free now: it polls and never queues.
+    _, took = _in_thread(lambda: limiter.acquire(priority=False))
+    assert not took.wait(1.0)
+    assert _next_slot_and_now(delivery_engine, "lanes")[0] == next_slot  # nothing reserved behind it
+
+    # The priority lane queues behind the reservation instead: it reserves the next slot.
+    _, queued = _in_thread(lambda: limiter.acquire(priority=True))
+    deadline = time.monotonic() + 30
+    while _next_slot_and_now(delivery_engine, "lanes")[0] == next_slot:
+        assert time.monotonic() < deadline, "the priority caller reserved no slot"
+        time.sleep(0.01)
+    assert _next_slot_and_now(delivery_engine, "lanes")[0] == pytest.approx(next_slot + limiter.interval)
+    assert not queued.is_set() and not took.is_set()
+
+
+def test_a_backfill_takes_a_free_slot_at_once(delivery_engine):
+    limiter = RateLimiter(delivery_engine, cap_per_second=0.001, name="free")
+    _, took = _in_thread(lambda: limiter.acquire(priority=False))
+    assert took.wait(30)
+    next_slot, now = _next_slot_and_now(delivery_engine, "free")
+    assert next_slot > now + 900  # and its slot now keeps everyone else out for one interval
+
+
+def test_an_exclusive_hold_keeps_every_caller_out_until_it_ends(delivery_engine):
+    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="hold")
+    with limiter.exclusive(priority=True, max_hold_s=3600):
+        held, now = _next_slot_and_now(delivery_engine, "hold")
+        assert held > now + 3000  # the hold, not one interval
+        _, took = _in_thread(lambda: limiter.acquire(priority=False))
+        assert not took.wait(1.0)
+    # Released: the next slot is one interval after the release, and the backfill gets it.
+    next_slot, now = _next_slot_and_now(delivery_engine, "hold")
+    assert next_slot <= now + limiter.interval
+    assert took.wait(30)
+
+
+def test_an_exclusive_hold_that_was_overtaken_is_not_released_over_a_later_reservation(delivery_engine):
+    # The hold ran past max_hold_s: another caller reserved after it. Ending the block
+    # must not move the other caller's reservation.
+    limiter = RateLimiter(delivery_engine, cap_per_second=0.001, name="overtaken")
+    with limiter.exclusive(priority=True, max_hold_s=0.0):
+        limiter.acquire(priority=True)  # free at once: the hold of 0 s is over
+        after_other, _ = _next_slot_and_now(delivery_engine, "overtaken")
+    assert _next_slot_and_now(delivery_engine, "overtaken")[0] == after_other
+
+
+LATE_CALLER = """
+import json, sys
+from datahub_assets.upload.database import NOW
+from datahub_assets.upload.limiter import RateLimiter, limiter_table
+from datahub_assets.upload.resources import create_delivery_engine
+limiter = RateLimiter(create_delivery_engine(sys.argv[1]), cap_per_second=20, name="late")
+print("ready", flush=True)
+sys.stdin.readline()
+limiter.acquire(priority=True)
+print(json.dumps({"late_retakes": limiter.late_retakes}), flush=True)
+"""
+
+
+def test_a_caller_that_wakes_late_gives_up_its_slot_and_takes_a_new_one(delivery_url, delivery_engine):
+    # The caller runs in its own process, stopped (SIGSTOP) while it sleeps towards its
+    # slot and resumed well past it: it wakes late whatever the machine's load.
+    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="late")
+    caller = subprocess.Popen(
+        [sys.executable, "-c", LATE_CALLER, delivery_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert caller.stdout.readline().strip() == "ready"
+        # Its slot will be 2 s from now.
+        with delivery_engine.begin() as conn:
+            t = limiter_table
+            now = NOW[delivery_engine.dialect.name]
+            conn.execute(sa.update(t).where(t.c.name == "late").values(next_slot=now + 2.0))
+        slot, _ = _next_slot_and_now(delivery_engine, "late")
+        caller.stdin.write("go\n")
+        caller.stdin.flush()
+        deadline = time.monotonic() + 30
+        while _next_slot_and_now(delivery_engine, "late")[0] == slot:  # until it reserved the slot
+            assert time.monotonic() < deadline, "the caller reserved no slot"
+            time.sleep(0.005)
+        caller.send_signal(signal.SIGSTOP)
+        while _next_slot_and_now(delivery_engine, "late")[1] < slot + 0.5:  # the database's clock
+            time.sleep(0.05)
+        caller.send_signal(signal.SIGCONT)
+        out, _ = caller.communicate(timeout=30)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+    assert caller.returncode == 0
+    assert json.loads(out) == {"late_retakes": 1}
+    # The missed slot stays unused: the new one was taken after the wake-up.
+    assert _next_slot_and_now(delivery_engine, "late")[0] > slot + 0.5 + limiter.interval
 
 
 @pytest.mark.parametrize("headroom", [0.0, 1.5])

@@ -291,16 +291,21 @@ def test_dead_endpoint_is_a_local_unknown(
     assert result.trace_id.startswith("local-")
 
 
-def test_latency_delays_the_answer_by_at_least_the_injected_time(
+def test_latency_holds_every_answer_until_it_passes(
     sdk_client: Any, datahub_endpoint: EmulatorProcess, user_profile_uuid: str
 ) -> None:
-    datahub_endpoint.faults(latency_ms={"median": 300, "jitter": 0})
-    for i in range(3):
-        started = time.monotonic()
-        result = upload(sdk_client, user_profile_uuid, [good_row(str(i))])
-        # A lower bound only: the endpoint awaits 300 ms after it decided, before answering.
-        assert time.monotonic() - started >= 0.3
-        assert result.code == "SUCCESS"
+    # The configured latency applies to every request: with ten minutes, an answer that
+    # came out before the reset below would have skipped it.
+    datahub_endpoint.faults(latency_ms={"median": 600_000, "jitter": 0})
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(upload, sdk_client, user_profile_uuid, [good_row("held")])
+        wait_for(lambda: datahub_endpoint.stats()["requests"] == 1, "the request to arrive")
+        assert datahub_endpoint.stats()["by_code"] == {"SUCCESS": 1}  # decided, not yet answered
+        with pytest.raises(TimeoutError):
+            held.result(timeout=0.5)
+        datahub_endpoint.faults(latency_ms={"median": 0, "jitter": 0})
+        datahub_endpoint.reset()  # releases the held answer
+        assert held.result(timeout=60).code == "SUCCESS"
 
 
 def test_a_delayed_answer_does_not_hold_up_other_requests(

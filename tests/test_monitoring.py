@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -128,9 +127,14 @@ class Platform:
         )
 
     def settle(self) -> None:
-        """Let the latest materialization age past one second: SQLite keeps a check result's
-        time in whole seconds, so the sensor repeats a result reported sooner (see sensors.py)."""
-        time.sleep(1.1)
+        """Until the latest materialization is over one second old: SQLite keeps a check
+        result's time in whole seconds, so the sensor repeats a result reported sooner
+        (see sensors.py)."""
+        (latest,) = self.instance.fetch_materializations(UPLOADED, limit=1).records
+        deadline = time.monotonic() + 30
+        while time.time() <= latest.timestamp + 1.0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
     def tick(self, watch: Watch, now: datetime, cursor: str | None = None, lookback_days: int = 1) -> dg.SensorResult:
         """One sensor tick at `now`; its check results are stored as the sensor daemon does."""
@@ -358,12 +362,34 @@ def test_an_alert_the_receiver_refused_goes_out_on_the_next_tick(platform: Platf
     platform.resources["notifier"] = Notifier(webhook_url=f"{receiver.url}/hook", timeout_s=5)
     receiver.refusing[0] = True
 
-    with pytest.raises(urllib.error.HTTPError):
-        platform.tick(FAILED, on_due_day(7, 0))
+    refused = platform.tick(FAILED, on_due_day(7, 0))
+    assert json.loads(refused.cursor)["notified"] == []  # nothing was received
     receiver.refusing[0] = False
-    platform.tick(FAILED, on_due_day(7, 2))  # the failed tick left no cursor behind
+    platform.tick(FAILED, on_due_day(7, 2), refused.cursor)
 
     assert [a["ranges"] for a in receiver.webhook_alerts()] == [[range_of(40)]]
+
+
+def test_each_channel_gets_an_alert_once_even_when_another_channel_refuses(platform: Platform, receiver: Receiver):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, [40], status="F", code="PARAM_ILLEGAL")
+    receiver.refused_paths.add("/hook")  # Slack answers, the webhook refuses
+
+    cursor = platform.tick(FAILED, on_due_day(7, 0)).cursor
+    cursor = platform.tick(FAILED, on_due_day(7, 2), cursor).cursor  # still refused
+    assert len(receiver.slack_messages()) == 1 and receiver.webhook_alerts() == []
+
+    receiver.refused_paths.clear()
+    cursor = platform.tick(FAILED, on_due_day(7, 4), cursor).cursor
+    platform.tick(FAILED, on_due_day(7, 6), cursor)
+
+    # Slack got the alert once, on the first tick; the webhook once, when it answered.
+    assert [m["text"].split(".")[0] for m in receiver.slack_messages()] == [f"[datahub] user_profile {DAY}: FAILED"]
+    assert [(a["state"], a["ranges"]) for a in receiver.webhook_alerts()] == [("failed", [range_of(40)])]
+    assert sorted(map(tuple, json.loads(cursor)["notified"])) == [
+        ("user_profile", DAY, range_of(40), "slack"),
+        ("user_profile", DAY, range_of(40), "webhook"),
+    ]
 
 
 def test_a_failed_upload_run_fails_its_range(platform: Platform, receiver: Receiver):
@@ -378,15 +404,38 @@ def test_a_failed_upload_run_fails_its_range(platform: Platform, receiver: Recei
     assert [(a["state"], a["ranges"]) for a in receiver.webhook_alerts()] == [("failed", ["05"])]
 
 
-def test_a_disabled_notifier_sends_nothing(platform: Platform, receiver: Receiver):
+def test_a_disabled_channel_sends_nothing_and_an_enabled_one_then_gets_the_alert(
+    platform: Platform, receiver: Receiver
+):
     platform.record(DAY, [3], status="F", code="PARAM_ILLEGAL")
     platform.write_snapshot(DAY, DAY_ROWS)
-    platform.resources["notifier"] = Notifier()
+    # Every address points at the receiver, but each channel misses a setting: both are off.
+    platform.resources["notifier"] = Notifier(
+        slack_token=SLACK_TOKEN, slack_channel="", slack_api_url=f"{receiver.url}/slack/", webhook_url=""
+    )
 
     result = platform.tick(FAILED, on_due_day(7, 0))
 
     assert [e.passed for e in result.asset_events] == [False] and receiver.posts == []
-    assert json.loads(result.cursor)["notified"] == [["user_profile", DAY, "00"]]
+    assert json.loads(result.cursor)["notified"] == []  # no channel received it
+
+    # Once the webhook is configured, it gets the alert, and Slack (still off) nothing.
+    platform.resources["notifier"] = Notifier(
+        slack_token=SLACK_TOKEN, slack_channel="", slack_api_url=f"{receiver.url}/slack/",
+        webhook_url=f"{receiver.url}/hook",
+    )  # fmt: skip
+    platform.tick(FAILED, on_due_day(7, 2), result.cursor)
+    assert [p for p, _, _ in receiver.posts] == ["/hook"]
+
+
+def test_a_cursor_from_before_channels_were_remembered_sends_nothing_again(platform: Platform, receiver: Receiver):
+    platform.record(DAY, [3], status="F", code="PARAM_ILLEGAL")
+    platform.write_snapshot(DAY, DAY_ROWS)
+    old_cursor = json.dumps({"notified": [["user_profile", DAY, "00"]], "outcomes": {}})
+
+    platform.tick(FAILED, on_due_day(7, 0), old_cursor)
+
+    assert receiver.posts == []
 
 
 def test_the_schedule_starts_yesterdays_extract_and_snapshot_in_gmt8():

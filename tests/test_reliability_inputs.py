@@ -306,13 +306,17 @@ def step_failure_cause(result: dg.ExecuteInProcessResult):  # noqa: ANN201
     error = failure.step_failure_data.error
     return error.cause or error
 
+# Every file with content carries SECRET_VALUE, which no error may quote.
 BROKEN_FILES = [
     ("zero-bytes", b"", "SourceFormatError", "is empty: it has no header row"),
-    ("no-width-column", b"user_id,user_name,age,updated_at\n1,a,2,t\n", "SourceShapeError", "['screen_width']"),
-    ("repeated-header", b"user_id,user_name,user_name,age,screen_width,updated_at\n1,a,b,2,3,t\n",
+    ("no-width-column", b"user_id,user_name,age,updated_at\n1," + SECRET_VALUE + b",2,t\n", "SourceShapeError",
+     "['screen_width']"),
+    ("repeated-header", b"user_id,user_name,user_name,age,screen_width,updated_at\n1,a," + SECRET_VALUE + b",2,3,t\n",
      "SourceFormatError", "the header names ['user_name'] more than once"),
-    ("truncated", HEADER + b"1,a,2,3.5,t,x\n2,b,2", "SourceFormatError", "1 record(s) do not have the header's 6 fields"),
-    ("extra-field", HEADER + b"1,a,2,3.5,t,x,surprise\n", "SourceFormatError", "1 record(s) do not have the header's 6 fields"),
+    ("truncated", HEADER + b"1," + SECRET_VALUE + b",2,3.5,t,x\n2,b,2", "SourceFormatError",
+     "1 record(s) do not have the header's 6 fields"),
+    ("extra-field", HEADER + b"1,a,2,3.5,t,x," + SECRET_VALUE + b"\n", "SourceFormatError",
+     "1 record(s) do not have the header's 6 fields"),
     ("unbalanced-quote", HEADER + b'1,"' + SECRET_VALUE + b'"x,2,3.5,t,x\n', "SourceFormatError", "malformed CSV near line 2"),
 ]  # fmt: skip
 
@@ -327,6 +331,7 @@ def test_a_broken_landing_file_fails_the_day_with_an_error_that_names_the_proble
     if error == "SourceFormatError":
         assert f"{DAY}.csv" in cause.message
     # The failure is stored in the event log: no value of the file may be in it.
+    assert (SECRET_VALUE in content) == bool(content)
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert SECRET_VALUE.decode() not in failure.step_failure_data.error.to_string()
 

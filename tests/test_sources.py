@@ -62,6 +62,46 @@ def test_postgres_copy_extract_cut_into_several_parts_keeps_every_row(pg_url, tm
     assert extracted.select(key).sort(key, nulls_last=True).equals(source.select(key).sort(key, nulls_last=True))
 
 
+def test_a_postgres_copy_that_fails_midway_leaves_no_parts(pg_url, tmp_path):
+    # The view fails on its last row (a division by zero), after megabytes of rows have
+    # streamed: with 64 KiB parts, several parts were written before the COPY fails.
+    write_table(generate(60_000, DAY), pg_url)
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://"))
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO user_profile (user_id, snapshot_date) VALUES ('boom', :d)"
+        ), {"d": DAY})  # fmt: skip
+        conn.execute(sa.text(
+            "CREATE VIEW failing AS SELECT *, (1 / (CASE WHEN user_id = 'boom' THEN 0 ELSE 1 END))::text AS checked "
+            "FROM user_profile"
+        ))  # fmt: skip
+    engine.dispose()
+    out = tmp_path / "extract"
+    source = SourceDatabase(url=pg_url, copy_part_bytes=64 << 10)
+
+    with pytest.raises(Exception, match="division by zero"):
+        source.extract_day(table="failing", date_column="snapshot_date", day=DAY, out_dir=out)
+    assert list(out.glob("*")) == []
+
+    # The same stream without the failing row is cut into several parts.
+    assert source.extract_day(table="user_profile", date_column="snapshot_date", day=DAY, out_dir=out) == 60_001
+    assert len(list(out.glob("part-*.parquet"))) > 1
+
+
+def test_a_file_url_landing_folder_is_read_like_a_path(tmp_path):
+    source = generate(200, DAY)
+    write_landing_file(source, tmp_path / "landing dir" / "user_profile" / f"{DAY}.csv")
+    landing = LandingFiles(url=(tmp_path / "landing dir").as_uri())  # file:///.../landing%20dir
+    assert landing.url.startswith("file:///")
+
+    local = landing.fetch(relative_path=f"user_profile/{DAY}.csv", dest_dir=tmp_path / "in")
+
+    assert local == tmp_path / "in" / f"{DAY}.csv"
+    assert landing_file_to_parquet(local, tmp_path / "extract") == 200
+    with pytest.raises(SourceMissingError, match="does not exist"):
+        landing.fetch(relative_path=f"user_profile/{DAY}-missing.csv", dest_dir=tmp_path / "in")
+
+
 def test_table_extract_of_an_empty_day_has_the_columns(tmp_path):
     url = f"sqlite:///{tmp_path / 'src.db'}"
     write_table(generate(10, "2026-11-25"), url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,6 @@ from datahub_assets.definitions import build_dataset_assets
 from datahub_assets.resources import build_resources
 from datahub_dev.synthetic import generate, write_table
 from datahub_assets.partitions import batch_count, batch_slice, partner_today, range_keys
-from datahub_emulator.client import free_port
 from datahub_dev.stack import LocalStack, start_local_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,48 +135,98 @@ class Webserver:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+WEBSERVER_START_ATTEMPTS = 5
+
+
+class PortTaken(Exception):
+    """Another process bound the port between our choice and the webserver's bind."""
+
+
+def _unused_port() -> int:
+    """A port nobody listened on a moment ago: a candidate only, checked by the start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def webserver(prepared_day: PreparedDay) -> Iterator[Webserver]:
-    """`python -m dagster_webserver` on the repo's workspace.yaml, with the stack's env."""
-    port = free_port()
-    log_path = Path(prepared_day.env["DAGSTER_HOME"]).parent / "webserver.log"
+    """`python -m dagster_webserver` on the repo's workspace.yaml, with the stack's env.
+
+    The webserver cannot report a port it chose itself, so the fixture picks one; if
+    another process takes it first, the webserver fails to bind and the fixture tries
+    another port. It then trusts only an answer from our child: alive, and serving the
+    instance of this stack's DAGSTER_HOME.
+    """
+    log_dir = Path(prepared_day.env["DAGSTER_HOME"]).parent
     env = {**os.environ, **prepared_day.env}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            # Not the repo root: Dagster loads a .env from its working directory, and a
-            # developer's would override the stack's settings.
-            cwd=log_path.parent,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Webserver(url=f"http://127.0.0.1:{port}", port=port, log_path=log_path)
-    try:
-        wait_until_serving(server, process)
-        yield server
-    finally:
-        process.terminate()
+    for attempt in range(WEBSERVER_START_ATTEMPTS):
+        port = _unused_port()
+        log_path = log_dir / f"webserver-{attempt}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dagster_webserver", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                # Not the repo root: Dagster loads a .env from its working directory, and a
+                # developer's would override the stack's settings.
+                cwd=log_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = Webserver(url=f"http://127.0.0.1:{port}", port=port, log_path=log_path)
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            wait_until_serving(server, process, dagster_home=prepared_day.env["DAGSTER_HOME"])
+        except PortTaken:
+            stop(process)
+            continue
+        except BaseException:
+            stop(process)
+            raise
+        try:
+            yield server
+        finally:
+            stop(process)
+        return
+    raise RuntimeError(f"no free port for the webserver in {WEBSERVER_START_ATTEMPTS} attempts")
 
 
-def wait_until_serving(server: Webserver, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    """Until the webserver answers and its code location has loaded."""
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until_serving(server: Webserver, process: subprocess.Popen, dagster_home: str, timeout_s: float = 60) -> None:
+    """Until our webserver answers and its code location has loaded.
+
+    Raises PortTaken when the webserver could not bind its port, and refuses an answer
+    from any other server on the port: ours is alive and serves our DAGSTER_HOME.
+    """
     deadline = time.monotonic() + timeout_s
-    query = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+    query = (
+        "{ instance { info } "
+        "workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+    )
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"webserver exited with {process.returncode}:\n{server.log_tail()}")
+            log = server.log_tail()
+            if "address already in use" in log.lower():
+                raise PortTaken(server.port)
+            raise RuntimeError(f"webserver exited with {process.returncode}:\n{log}")
         try:
-            entries = server.graphql(query)["workspaceOrError"]["locationEntries"]
-            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                return
+            answer = server.graphql(query)
         except (OSError, urllib.error.URLError):
-            pass
+            answer = None
+        if answer is not None:
+            if dagster_home not in (answer["instance"]["info"] or ""):
+                raise PortTaken(server.port)  # another server answers on this port
+            entries = answer["workspaceOrError"]["locationEntries"]
+            if [e["name"] for e in entries] == ["datahub_assets"] and entries[0]["loadStatus"] == "LOADED":
+                if process.poll() is None:
+                    return
         time.sleep(0.5)
     raise TimeoutError(f"webserver not ready after {timeout_s} s:\n{server.log_tail()}")
 

@@ -493,7 +493,7 @@ class LandingFiles(dg.ConfigurableResource):
         dest = dest_dir / Path(relative_path).name
         parsed = urlsplit(self.url)
         if parsed.scheme != "sftp":
-            src = Path(parsed.path if parsed.scheme == "file" else self.url) / relative_path
+            src = Path(unquote(parsed.path) if parsed.scheme == "file" else self.url) / relative_path
             if not src.is_file():
                 raise SourceMissingError(f"landing file {src} does not exist")
             shutil.copyfile(src, dest)

@@ -55,8 +55,13 @@ class Alert:
         }
 
 
+SLACK = "slack"
+WEBHOOK = "webhook"
+CHANNELS = (SLACK, WEBHOOK)
+
+
 class Notifier(dg.ConfigurableResource):
-    """Sends each alert to every configured channel; an empty setting disables its channel.
+    """Sends alerts to the configured channels; an empty setting disables its channel.
 
     Take the token and the webhook URL through EnvVar: both are secrets.
     """
@@ -68,21 +73,28 @@ class Notifier(dg.ConfigurableResource):
     timeout_s: float = 10.0
 
     @property
-    def channels(self) -> int:
-        return int(bool(self.slack_token and self.slack_channel)) + int(bool(self.webhook_url))
+    def channels(self) -> tuple[str, ...]:
+        """The configured channels, by name (SLACK, WEBHOOK)."""
+        return tuple(
+            name
+            for name, on in ((SLACK, bool(self.slack_token and self.slack_channel)), (WEBHOOK, bool(self.webhook_url)))
+            if on
+        )
 
-    def send(self, alert: Alert) -> int:
-        """Deliver to every configured channel and return how many there were.
+    def send(self, alert: Alert, channel: str) -> None:
+        """Deliver to one configured channel; raises when it refuses.
 
-        Raises when a channel refuses: the sensor's tick then fails visibly and, since
-        its cursor does not advance, the alert goes out again on the next tick.
+        One channel at a time, so that the caller can remember what each received: a
+        channel that refuses does not make the others send the alert again.
         """
-        if self.slack_token and self.slack_channel:
+        if channel not in self.channels:
+            raise ValueError(f"channel {channel!r} is not configured (configured: {self.channels})")
+        if channel == SLACK:
             client = SlackResource(token=self.slack_token).get_client()
             client.base_url = self.slack_api_url  # SlackResource configures only the token
             client.timeout = max(1, round(self.timeout_s))
             client.chat_postMessage(channel=self.slack_channel, text=alert.text())  # raises SlackApiError
-        if self.webhook_url:
+        else:
             request = urllib.request.Request(
                 self.webhook_url,
                 data=json.dumps(alert.payload()).encode(),
@@ -91,4 +103,3 @@ class Notifier(dg.ConfigurableResource):
             )
             with urllib.request.urlopen(request, timeout=self.timeout_s):  # raises HTTPError on 4xx/5xx
                 pass
-        return self.channels

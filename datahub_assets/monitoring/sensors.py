@@ -2,8 +2,10 @@
 shown twice:
 - as an asset-check result on <dataset>_uploaded (the checks are declared by
   `build_delivery_checks`; executing them by hand runs the same evaluation), and
-- as an alert through the notifier, once per (dataset, date, range) and state: each sensor
-  keeps what it already sent in its cursor.
+- as an alert through the notifier, once per (dataset, date, range), state and channel:
+  each sensor keeps in its cursor what each channel already received. A channel that
+  refuses is logged as an error and tried again on the next tick; the others are not
+  sent the alert again.
 
 "Now" comes from an injectable clock, so a test can stand at 09:00 or 10:01 GMT+8.
 """
@@ -18,7 +20,7 @@ import dagster as dg
 
 from datahub_assets.contract import Contract
 from datahub_assets.lake import DataLake
-from datahub_assets.monitoring.notifier import Alert, Notifier
+from datahub_assets.monitoring.notifier import CHANNELS, Alert, Notifier
 from datahub_assets.monitoring.progress import read_watched_days
 from datahub_assets.monitoring.rules import WATCHES, CheckOutcome, Watch
 from datahub_assets.partitions import Stage, asset_key, partner_today, utc_now
@@ -66,9 +68,9 @@ def build_delivery_checks(
 
 @dataclass
 class WatchMemory:
-    """A sensor's cursor: what it already sent, and the check result it last reported."""
+    """A sensor's cursor: what each channel already received, and the check result it last reported."""
 
-    notified: set[tuple[str, str, str]] = field(default_factory=set)  # (dataset, date, range key)
+    notified: set[tuple[str, str, str, str]] = field(default_factory=set)  # (dataset, date, range key, channel)
     outcomes: dict[str, str] = field(default_factory=dict)  # dataset -> the result last reported
 
     @classmethod
@@ -76,7 +78,11 @@ class WatchMemory:
         if not cursor:
             return cls()
         raw = json.loads(cursor)
-        return cls({tuple(n) for n in raw["notified"]}, dict(raw["outcomes"]))
+        notified = set()
+        for entry in raw["notified"]:
+            # A cursor written before channels were remembered: that alert reached every channel.
+            notified |= {tuple(entry)} if len(entry) == 4 else {(*entry, c) for c in CHANNELS}
+        return cls(notified, dict(raw["outcomes"]))
 
     def to_cursor(self) -> str:
         return json.dumps({"notified": sorted(self.notified), "outcomes": self.outcomes}, sort_keys=True)
@@ -130,16 +136,26 @@ def build_watch_sensor(
                     )
                 )
             for finding in findings:
-                fresh = tuple(r for r in finding.ranges if (contract.dataset, finding.day, r) not in memory.notified)
-                if not fresh:
-                    continue
-                channels = notifier.send(
-                    Alert(watch.state, contract.dataset, finding.day, fresh, finding.summary, finding.numbers)
-                )
-                context.log.info(
-                    "%s %s %s: %d ranges, sent to %d channels", watch.state, contract.dataset, finding.day, len(fresh), channels
-                )
-                memory.notified |= {(contract.dataset, finding.day, r) for r in fresh}
+                for channel in notifier.channels:
+                    fresh = tuple(
+                        r for r in finding.ranges if (contract.dataset, finding.day, r, channel) not in memory.notified
+                    )
+                    if not fresh:
+                        continue
+                    alert = Alert(watch.state, contract.dataset, finding.day, fresh, finding.summary, finding.numbers)
+                    try:
+                        notifier.send(alert, channel)
+                    except Exception as error:  # noqa: BLE001  (any refusal: the next tick tries again)
+                        # The class only: a message could quote the webhook URL, a secret.
+                        context.log.error(
+                            "%s %s %s: %s refused the alert (%s); sending again next tick",
+                            watch.state, contract.dataset, finding.day, channel, type(error).__name__,
+                        )
+                        continue
+                    context.log.info(
+                        "%s %s %s: %d ranges sent to %s", watch.state, contract.dataset, finding.day, len(fresh), channel
+                    )
+                    memory.notified |= {(contract.dataset, finding.day, r, channel) for r in fresh}
         memory.prune((partner_today(now) - timedelta(days=lookback_days)).isoformat())
         return dg.SensorResult(asset_events=events, cursor=memory.to_cursor())
 
