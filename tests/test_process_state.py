@@ -100,7 +100,6 @@ def test_the_jvm_starts_only_in_a_process_that_sends(two_range_day: Day, datahub
 
     assert run_worker() == "jvm True"  # it had batches to send
     # Every batch is acknowledged now: a second process has nothing to send, so it never
-    # starts a JVM, and its classpath, which does not exist, is never looked at.
-    env["DATAHUB_SDK_CLASSPATH"] = str(tmp_path / "no-such-sdk.jar")
+    # starts a JVM (its classpath and keys file are still checked at step start).
     assert run_worker() == "jvm False"
     assert datahub_endpoint.stats()["requests"] == 10

@@ -87,7 +87,8 @@ def test_the_adapter_maps_every_answer_of_the_sdk_and_refuses_a_missing_classpat
     out = json.loads(run.stdout.strip().splitlines()[-1])
 
     kind, message = out["missing"]
-    assert kind == "FileNotFoundError" and "/nowhere/datahub-sdk.jar" in message and str(classes) not in message
+    assert kind == "SdkConfigError" and "/nowhere/datahub-sdk.jar" in message and "DATAHUB_SDK_CLASSPATH" in message
+    assert str(classes) not in message
     assert out["jvm_started_after_missing"] is False  # refused before a JVM started
     # A Java exception is an unknown outcome named by its class only (its message could quote a value).
     assert out["throws"] == ["U", "SDK_EXCEPTION:IllegalStateException", ""]

@@ -11,7 +11,6 @@ import random
 import sqlite3
 import struct
 import traceback
-from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
