@@ -33,6 +33,43 @@ class ContractError(ValueError):
     """A contract file that cannot be used; the message names the file and the field."""
 
 
+# A column's `expression` is polars SQL over source columns. Only scalar functions on the
+# row's own values are allowed: polars SQL also has table functions (read_csv, …) and
+# subqueries, which could read any file or URL the process can.
+ALLOWED_FUNCTIONS = frozenset(
+    """abs cast ceil ceiling coalesce concat concat_ws date ends_with floor greatest initcap least left length
+    lower lpad ltrim nullif octet_length replace reverse right round rpad rtrim split_part starts_with strpos
+    substr substring trim upper""".split()
+)
+_SQL_WORDS = frozenset(
+    """and as asc between bigint boolean case date desc double else end false float ilike in int integer is like
+    not null or real smallint text then true varchar when""".split()
+)
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_WORD = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_]*)(\s*\()?')
+
+
+def expression_columns(expression: str) -> list[str]:
+    """The source columns an expression reads; ValueError names what is not allowed."""
+    code = _LITERAL.sub("''", expression)
+    if ";" in code:
+        raise ValueError("one expression only (no ';')")
+    for match in _WORD.finditer(code):
+        quoted, word, call = match.groups()
+        if quoted is not None:
+            continue
+        if word.lower() in {"select", "from", "join", "with", "union", "values", "table", "into", "over", "exists"}:
+            raise ValueError(f"{word.upper()} is not allowed: an expression reads the row's own columns only")
+        if call and word.lower() not in ALLOWED_FUNCTIONS | _SQL_WORDS:
+            raise ValueError(f"function {word}() is not allowed (allowed: {', '.join(sorted(ALLOWED_FUNCTIONS))})")
+    try:
+        import polars as pl
+
+        return pl.sql_expr(expression).meta.root_names()
+    except Exception as error:  # noqa: BLE001 - polars' message could quote the expression's data
+        raise ValueError(f"not a valid expression ({error.__class__.__name__})") from None
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -65,6 +102,16 @@ class Contract:
     max_row_count_change: float
     max_value_bytes: int
     path: Path
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Every source column the contract reads: the only ones an extract keeps."""
+        names: list[str] = []
+        for c in self.columns:
+            names += [c.source] if c.source else expression_columns(c.expression or "")
+        if self.dedup_order_by:
+            names.append(self.dedup_order_by)
+        return list(dict.fromkeys(names))
 
     def partner_schema(self) -> dict:
         """The schema agreed with the partner (and registered with the local endpoint)."""
@@ -110,6 +157,15 @@ class _ColumnFile(_Strict):
     def _one_origin(self) -> _ColumnFile:
         if (self.source is None) == (self.expression is None):
             raise ValueError("give exactly one of 'source' or 'expression'")
+        return self
+
+    @model_validator(mode="after")
+    def _safe_expression(self) -> _ColumnFile:
+        if self.expression is not None:
+            try:
+                expression_columns(self.expression)
+            except ValueError as error:
+                raise ValueError(f"column {self.name}: expression refused: {error}") from None
         return self
 
 

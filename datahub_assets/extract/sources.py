@@ -540,8 +540,9 @@ class LandingFiles(dg.ConfigurableResource):
             ) from None
 
 
-def landing_file_to_parquet(path: Path, out_dir: Path) -> int:
-    """Convert a landing file to the extract's Parquet, every column as text.
+def landing_file_to_parquet(path: Path, out_dir: Path, columns: Sequence[str] | None = None) -> int:
+    """Convert a landing file to the extract's Parquet, every column as text; with
+    `columns`, only those of them the file has (the rest never reach the lake).
 
     CSV is decoded as lossy UTF-8 so that one bad byte quarantines one row (the
     snapshot spots the replacement character) instead of failing the whole day. A file
@@ -559,6 +560,9 @@ def landing_file_to_parquet(path: Path, out_dir: Path) -> int:
         frame = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
     else:
         raise ValueError(f"landing file {path.name}: only .csv and .parquet are supported")
+    if columns is not None:
+        present = set(frame.collect_schema().names())
+        frame = frame.select([c for c in columns if c in present])
     try:
         frame.sink_parquet(out_dir / "part-00000.parquet")
     except pl.exceptions.PolarsError as error:

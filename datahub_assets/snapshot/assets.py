@@ -6,7 +6,7 @@ import polars as pl
 from datahub_assets.contract import Contract, PartnerType
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import Stage, asset_name, batch_count, daily_partitions_def, previous_date
-from datahub_assets.snapshot.conform import conform, unused_source_columns
+from datahub_assets.snapshot.conform import conform
 
 SCHEMA_CHECK = "schema_conforms"
 REJECT_SHARE_CHECK = "reject_share_under_threshold"
@@ -68,10 +68,6 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
         extract_dir = lake.extract_dir(contract.dataset, day)
         snapshot_path = lake.snapshot_path(contract.dataset, day)
         extract = pl.scan_parquet(extract_dir / "*.parquet")
-        ignored = unused_source_columns(contract, extract.collect_schema().names())
-        if ignored:
-            # Column names are schema, not data: safe to log.
-            context.log.warning("source columns not in the contract, ignored: %s", ", ".join(ignored))
         stats = conform(contract, extract, snapshot_path, lake.quarantine_path(contract.dataset, day))
         context.log.info(
             "%d source rows: %d in the snapshot, %d rejected, %d duplicates",

@@ -113,18 +113,12 @@ def check_source_shape(contract: Contract, available: list[str]) -> None:
         wanted.append(contract.dedup_order_by)
     missing = [c for c in wanted if c not in available]
     if missing:
+        # The names the source has are not quoted: a file without a header row turns its
+        # first record's values into "column names".
         raise SourceShapeError(
-            f"{contract.dataset}: the extract lacks source column(s) {missing}; "
-            f"it has {available}"
+            f"{contract.dataset}: the extract lacks source column(s) {missing} that the contract reads; "
+            f"it has {len(available)} other column(s) (a landing file without its header row?)"
         )
-
-
-def unused_source_columns(contract: Contract, available: list[str]) -> list[str]:
-    """Source columns the contract does not read: ignored (the contract is the allow-list)."""
-    used = {contract.dedup_order_by, contract.source.date_column}
-    for c in contract.columns:
-        used.update([c.source] if c.source else pl.sql_expr(c.expression).meta.root_names())
-    return [name for name in available if name not in used]
 
 
 def conform(contract: Contract, extract: pl.LazyFrame, snapshot_path: Path, quarantine_path: Path) -> ConformStats:
@@ -142,7 +136,9 @@ def conform(contract: Contract, extract: pl.LazyFrame, snapshot_path: Path, quar
        from the snapshot and quarantine them.
     """
     check_source_shape(contract, extract.collect_schema().names())
-    raw_columns = extract.collect_schema().names()
+    # The quarantine keeps the rejected rows' raw values of the columns the contract
+    # reads, nothing more.
+    raw_columns = [c for c in contract.source_columns if c in extract.collect_schema().names()]
     names = [c.name for c in contract.columns]
     pairs = [_canonical_and_reason(c, contract.max_value_bytes) for c in contract.columns]
     values = [_VALUE + n for n in names]
