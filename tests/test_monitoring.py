@@ -34,6 +34,8 @@ from datahub_assets.monitoring.rules import (
     FAILED,
     LATE,
     NOT_AT_RISK_CHECK,
+    NOT_STALLED_CHECK,
+    STALLED,
     NOT_FAILED_CHECK,
     ON_TIME_CHECK,
     Watch,
@@ -92,11 +94,11 @@ class Platform:
             ledger.mark_sending(CONTRACT.data_uuid, day, n, f"hash{n}")
             ledger.record_result(CONTRACT.data_uuid, day, n, status, code, f"{n:010d}")
 
-    def pace_acks(self, day: str, seconds_per_batch: float) -> None:
-        """Spread the day's acknowledgements back from now, one every `seconds_per_batch`:
-        the measured rate the ledger reports becomes 1 / seconds_per_batch."""
+    def pace_acks(self, day: str, seconds_per_batch: float, until: datetime) -> None:
+        """Spread the day's acknowledgements back from `until` (the sensor's clock), one every
+        `seconds_per_batch`: the measured rate the ledger reports becomes 1 / seconds_per_batch."""
         t = ledger_table
-        now = time.time()
+        now = until.timestamp()
         last = sa.select(sa.func.max(t.c.batch_no)).where(t.c.status == "S").scalar_subquery()
         with self.ledger_engine.begin() as conn:
             conn.execute(
@@ -186,7 +188,7 @@ def test_at_nine_with_forty_percent_left_the_measured_rate_decides_at_risk(
 ):
     platform.write_snapshot(DAY, DAY_ROWS)
     platform.record(DAY, range(600))
-    platform.pace_acks(DAY, seconds_per_batch)
+    platform.pace_acks(DAY, seconds_per_batch, until=on_due_day(9, 0))
     done = [k for i, k in enumerate(KEYS) if batch_slice(i, len(KEYS), DAY_BATCHES).stop <= 600]
     platform.deliver(DAY, done)
 
@@ -209,6 +211,9 @@ def test_at_nine_with_forty_percent_left_the_measured_rate_decides_at_risk(
     (alert,) = receiver.webhook_alerts()
     assert (alert["state"], alert["dataset"], alert["date"], alert["ranges"]) == ("at_risk", "user_profile", DAY, missing)
     assert "ETA 10:06 GMT+8" in alert["text"] and alert["text"].endswith("Ranges: 19-31.")
+    # What would save the day: 400 batches in the 3,600 s left, which the cap allows.
+    assert meta["rate_needed_batches_per_s"] == pytest.approx(400 / 3600, rel=0.01)
+    assert "0.11 batches/s would finish by 10:00 and the cap (20/s) allows it: e.g. N·M = 1 x 0.11" in alert["text"]
 
 
 def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platform, receiver: Receiver):
@@ -276,7 +281,7 @@ def test_the_ui_shows_each_sensor_result_on_the_uploaded_asset(platform: Platfor
             checks = result.data["assetNodeOrError"]["assetChecksOrError"]["checks"]
             return {c["name"]: c["executionForLatestMaterialization"] for c in checks}
 
-        assert set(shown()) == {NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK}
+        assert set(shown()) == {NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK}
         late = platform.tick(LATE, on_due_day(10, 1))
         assert shown()[ON_TIME_CHECK]["status"] == "FAILED"
         assert "2 of 32 ranges not delivered" in shown()[ON_TIME_CHECK]["evaluation"]["description"]
@@ -306,9 +311,11 @@ def test_executing_the_checks_by_hand_evaluates_like_the_sensors(platform: Platf
     )
 
     by_name = {e.check_name: e for e in run.get_asset_check_evaluations()}
+    # After 10:00 at-risk hands over to late: it no longer passes as "on course".
     assert {name: e.passed for name, e in by_name.items()} == {
-        NOT_FAILED_CHECK: True, ON_TIME_CHECK: False, NOT_AT_RISK_CHECK: True
+        NOT_FAILED_CHECK: True, ON_TIME_CHECK: False, NOT_AT_RISK_CHECK: False, NOT_STALLED_CHECK: True
     }
+    assert "see the late alert" in by_name[NOT_AT_RISK_CHECK].description
     (reported,) = platform.tick(LATE, on_due_day(10, 1)).asset_events
     assert by_name[ON_TIME_CHECK].description == reported.description
     assert by_name[ON_TIME_CHECK].metadata == reported.metadata
@@ -501,7 +508,7 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
     dg.Definitions.validate_loadable(defs)
 
     for dataset in ("user_profile", "device_profile"):
-        for check in (NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK):
+        for check in (NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK):
             assert defs.get_asset_checks_def(dg.AssetCheckKey(dg.AssetKey(f"{dataset}_uploaded"), check))
     assert {s.name: s.default_status for s in defs.sensors} == dict.fromkeys(
         [
@@ -510,6 +517,7 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
             "delivery_failed_sensor",
             "delivery_late_sensor",
             "delivery_at_risk_sensor",
+            "delivery_stalled_sensor",
             "dead_upload_run_sensor",
         ],
         dg.DefaultSensorStatus.RUNNING,
@@ -525,3 +533,39 @@ def test_dagster_validates_the_definitions_without_any_setting(tmp_path: Path):
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_at_half_past_nine_a_stall_is_flagged_stalled_and_at_risk_each_once(platform: Platform, receiver: Receiver):
+    # 30 % left at 09:30, the last acknowledgement 5 minutes ago: the measured rate has
+    # fallen toward 0, which is never replaced by the cap.
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(700))
+    platform.pace_acks(DAY, 0.05, until=on_due_day(9, 25))
+    done = [k for i, k in enumerate(KEYS) if batch_slice(i, len(KEYS), DAY_BATCHES).stop <= 700]
+    platform.deliver(DAY, done)
+    platform.settle()
+
+    stalled = platform.tick(STALLED, on_due_day(9, 30))
+    at_risk = platform.tick(AT_RISK, on_due_day(9, 30))
+    assert [e.passed for e in stalled.asset_events] == [False]
+    assert [e.passed for e in at_risk.asset_events] == [False]
+    assert platform.tick(STALLED, on_due_day(9, 32), stalled.cursor).asset_events == []
+    platform.tick(AT_RISK, on_due_day(9, 32), at_risk.cursor)
+    alerts = receiver.webhook_alerts()
+    assert sorted(a["state"] for a in alerts) == ["at_risk", "stalled"]  # each sent once
+    (stall,) = [a for a in alerts if a["state"] == "stalled"]
+    assert stall["numbers"]["minutes_since_last_ack"] == 5 and stall["numbers"]["batches_remaining"] == 300
+    (risk,) = [a for a in alerts if a["state"] == "at_risk"]
+    assert "would finish by 10:00" in risk["text"] and "N·M" in risk["text"]
+
+
+def test_at_ten_past_one_a_date_still_sending_is_late_with_a_new_eta(platform: Platform, receiver: Receiver):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(900))
+    platform.pace_acks(DAY, 0.1, until=on_due_day(10, 1))  # 10 batches/s, still going
+    platform.deliver(DAY, [k for i, k in enumerate(KEYS) if batch_slice(i, len(KEYS), DAY_BATCHES).stop <= 900])
+
+    (late,) = platform.tick(LATE, on_due_day(10, 1)).asset_events
+    (at_risk,) = platform.tick(AT_RISK, on_due_day(10, 1)).asset_events
+    assert not late.passed and "new ETA 10:01 GMT+8" in late.description
+    assert not at_risk.passed  # after the deadline at-risk hands over to late, never "on course"

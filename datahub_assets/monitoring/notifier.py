@@ -31,7 +31,7 @@ def ranges_text(keys: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Alert:
-    state: str  # "failed", "late" or "at_risk"
+    state: str  # "failed", "late", "at_risk", "stalled" or "worker_gone"
     dataset: str
     day: str  # the business date, YYYY-MM-DD
     ranges: tuple[str, ...]  # range keys newly in this state

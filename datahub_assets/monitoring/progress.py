@@ -6,7 +6,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
 
@@ -43,7 +43,8 @@ class DayProgress:
     total_batches: int | None  # None: no snapshot yet, and none the day before either
     total_is_estimate: bool  # no snapshot yet: the day before's count stands in
     acked_batches: int  # acknowledged S in the ledger
-    measured_rate: float  # batches/s acknowledged lately; 0 when nothing was measured
+    measured_rate: float  # batches/s acknowledged over the last minutes; 0 when they stopped
+    last_acked_at: datetime | None  # the latest acknowledgement; None before any
     cap: float
     superseded_by: str | None = None  # a newer date already (partly) delivered: this one will not be sent
 
@@ -61,15 +62,25 @@ class DayProgress:
     def remaining_batches(self) -> int | None:
         return None if self.total_batches is None else max(0, self.total_batches - self.acked_batches)
 
+    @property
+    def started(self) -> bool:
+        return self.last_acked_at is not None
+
     def outlook(self, now: datetime) -> Plan:
-        """The planner's view from `now`: the measured rate, or the cap when none was measured."""
+        """The planner's view from `now`: at the measured rate once sending has begun (a
+        stall gives no ETA at all), at the cap before (the best the day can still do)."""
         return plan(
             batches=self.remaining_batches or 0,
             cap=self.cap,
             start=now,
             deadline=deadline_for(self.day),
-            measured_rate=self.measured_rate or self.cap,
+            measured_rate=self.measured_rate if self.started else self.cap,
         )
+
+    def needed_rate(self, now: datetime) -> float:
+        """Batches/s that would still finish by 10:00 GMT+8."""
+        left_s = (deadline_for(self.day) - now).total_seconds()
+        return (self.remaining_batches or 0) / left_s if left_s > 0 else float("inf")
 
 
 def _failed_batches_by_range(ledger: Ledger, contract: Contract, day: str, total_batches: int) -> dict[str, int]:
@@ -90,7 +101,7 @@ def _day_batches(lake: DataLake, dataset: str, day: str) -> int | None:
 
 
 def read_day_progress(
-    instance: dg.DagsterInstance, contract: Contract, day: str, *, ledger: Ledger, lake: DataLake, cap: float
+    instance: dg.DagsterInstance, contract: Contract, day: str, now: datetime, *, ledger: Ledger, lake: DataLake, cap: float
 ) -> DayProgress:
     keys = tuple(range_keys(contract.batch_ranges))
     key_of = {upload_partition_key(day, k): k for k in keys}
@@ -99,6 +110,7 @@ def read_day_progress(
         or {}
     )
     counts = ledger.status_counts(contract.data_uuid, day)
+    last = ledger.last_acked_at(contract.data_uuid, day)
     total = _day_batches(lake, contract.dataset, day)
     estimate = None
     if total is None:
@@ -116,7 +128,8 @@ def read_day_progress(
         total_batches=total if total is not None else estimate,
         total_is_estimate=total is None and estimate is not None,
         acked_batches=counts.get(BatchStatus.SUCCESS, 0),
-        measured_rate=ledger.acked_rate(contract.data_uuid, day),
+        measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp()),
+        last_acked_at=datetime.fromtimestamp(last, tz=timezone.utc) if last is not None else None,
         cap=cap,
         superseded_by=ledger.newer_delivered_day(contract.data_uuid, day),
     )
@@ -135,7 +148,7 @@ def read_watched_days(
 ) -> list[DayProgress]:
     ledger = delivery_db.ledger()
     return [
-        read_day_progress(instance, contract, day, ledger=ledger, lake=lake, cap=delivery_db.cap_per_second)
+        read_day_progress(instance, contract, day, now, ledger=ledger, lake=lake, cap=delivery_db.cap_per_second)
         for day in watched_days(contract, now, lookback_days)
     ]
 

@@ -4,9 +4,10 @@ numbers behind it. Pure functions of a `DayProgress` and the time."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -17,6 +18,8 @@ from datahub_assets.partitions import PARTNER_TZ, deadline_for
 NOT_FAILED_CHECK = "uploaded_not_failed"
 ON_TIME_CHECK = "uploaded_on_time"
 NOT_AT_RISK_CHECK = "uploaded_not_at_risk"
+NOT_STALLED_CHECK = "uploaded_not_stalled"
+STALL_AFTER = timedelta(minutes=5)  # no acknowledgement this long while batches remain: stalled
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ def failed_finding(p: DayProgress, now: datetime) -> Finding | None:
     return Finding(
         p.day,
         ranges,
-        f"{len(ranges)} of {len(p.range_keys)} ranges failed: {len(p.runs_failed)} failed runs, {batches} batches refused (F)",
+        f"{len(ranges)} of {len(p.range_keys)} ranges failed: {len(p.runs_failed)} failed runs, {batches} batches "
+        "refused (F). A rerun is safe: it sends only what is not acknowledged"
+        + ("; refused batches are refused again until their data or keys are fixed (the ledger has the codes)" if batches else ""),
         {"ranges_failed": len(ranges), "runs_failed": len(p.runs_failed), "batches_failed": batches},
     )
 
@@ -50,36 +55,80 @@ def late_finding(p: DayProgress, now: datetime) -> Finding | None:
     ranges = p.missing_ranges
     minutes = int((now - deadline).total_seconds() // 60)
     numbers = {"ranges_missing": len(ranges), "minutes_past_deadline": minutes}
+    eta = ""
     if p.remaining_batches is not None:
         numbers["batches_remaining"] = p.remaining_batches
+        outlook = p.outlook(now)
+        eta = (
+            f"; new ETA {outlook.eta.astimezone(PARTNER_TZ):%H:%M} GMT+8 at {outlook.total_rate:.2f} batches/s"
+            if outlook.duration_s < float("inf")
+            else "; no ETA: nothing is being acknowledged"
+        )
+        numbers["eta_s"] = round(outlook.duration_s, 1) if outlook.duration_s < float("inf") else -1
     return Finding(
         p.day,
         ranges,
-        f"{len(ranges)} of {len(p.range_keys)} ranges not delivered {minutes} min after the 10:00 GMT+8 deadline",
+        f"{len(ranges)} of {len(p.range_keys)} ranges not delivered {minutes} min after the 10:00 GMT+8 deadline{eta}",
         numbers,
     )
 
 
 def at_risk_finding(p: DayProgress, now: datetime) -> Finding | None:
-    # At risk only while there is time to act; after the deadline the date is late.
-    if now >= deadline_for(p.day) or p.complete or p.superseded_by or p.total_batches is None:
+    if p.complete or p.superseded_by or p.total_batches is None:
         return None
+    if now >= deadline_for(p.day):
+        # Past the deadline the date is late, not "on course": the late rule has it.
+        return Finding(p.day, p.missing_ranges, "10:00 GMT+8 has passed: see the late alert", {"past_deadline": 1})
     outlook = p.outlook(now)
     if not outlook.at_risk:
         return None
+    needed = p.needed_rate(now)
+    allows = (
+        f"the cap ({p.cap:g}/s) allows it: e.g. N·M = {_n_times_m(needed, p.cap)}"
+        if needed <= p.cap
+        else f"beyond the cap ({p.cap:g}/s): the date cannot finish by 10:00"
+    )
+    eta = (
+        f"ETA {outlook.eta.astimezone(PARTNER_TZ):%H:%M} GMT+8, {-outlook.slack_s / 60:.0f} min after the deadline"
+        if outlook.duration_s < float("inf")
+        else "no ETA (nothing acknowledged lately)"
+    )
     return Finding(
         p.day,
         p.missing_ranges,
-        f"ETA {outlook.eta.astimezone(PARTNER_TZ):%H:%M} GMT+8, {-outlook.slack_s / 60:.0f} min after the deadline: "
-        f"{outlook.batches} batches left at {outlook.total_rate:.2f} batches/s",
+        f"{eta}: {outlook.batches} batches left at {outlook.total_rate:.2f} batches/s; "
+        f"{needed:.2f} batches/s would finish by 10:00 and {allows}",
         {
+            "rate_needed_batches_per_s": round(needed, 3),
             "batches_total": p.total_batches,
             "batches_remaining": outlook.batches,
             "rate_batches_per_s": round(outlook.total_rate, 3),
-            "eta_s": round(outlook.duration_s, 1),
-            "slack_s": round(outlook.slack_s, 1),
+            "eta_s": round(outlook.duration_s, 1) if outlook.duration_s < float("inf") else -1,
+            "slack_s": round(outlook.slack_s, 1) if outlook.slack_s > float("-inf") else -1,
             "total_is_estimate": int(p.total_is_estimate),
         },
+    )
+
+
+def _n_times_m(rate: float, cap: float) -> str:
+    """A machines x per-machine split for `rate` within the cap (M at most 5/s a machine)."""
+    machines = max(1, math.ceil(rate / 5))
+    return f"{machines} x {rate / machines:.2f}"
+
+
+def stalled_finding(p: DayProgress, now: datetime) -> Finding | None:
+    if not p.started or p.complete or p.superseded_by or not p.remaining_batches:
+        return None
+    silent = now - p.last_acked_at
+    if silent < STALL_AFTER:
+        return None
+    minutes = int(silent.total_seconds() // 60)
+    return Finding(
+        p.day,
+        p.missing_ranges,
+        f"no batch acknowledged for {minutes} min while {p.remaining_batches} remain: check the upload runs "
+        "and the partner endpoint",
+        {"minutes_since_last_ack": minutes, "batches_remaining": p.remaining_batches},
     )
 
 
@@ -110,10 +159,16 @@ LATE = Watch(
 )
 AT_RISK = Watch(
     "at_risk", NOT_AT_RISK_CHECK, dg.AssetCheckSeverity.WARN, at_risk_finding,
-    "At the measured rate (the cap when nothing is measured), the date due today finishes before 10:00 GMT+8.",
+    "At the measured rate (the cap before sending began), the date due today finishes before 10:00 GMT+8.",
     "The date due today is on course for 10:00 GMT+8.",
 )
-WATCHES = (FAILED, LATE, AT_RISK)
+STALLED = Watch(
+    "stalled", NOT_STALLED_CHECK, dg.AssetCheckSeverity.ERROR, stalled_finding,
+    f"Once sending began, a batch was acknowledged within the last {int(STALL_AFTER.total_seconds() // 60)} min "
+    "while batches remain.",
+    "No watched date is stalled.",
+)
+WATCHES = (FAILED, LATE, AT_RISK, STALLED)
 
 
 @dataclass(frozen=True)

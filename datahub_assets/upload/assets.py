@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -159,7 +160,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
             cap=delivery_db.cap_per_second,
             start=datetime.now(timezone.utc),
             deadline=deadline_for(day),
-            measured_rate=ledger.acked_rate(contract.data_uuid, day) or delivery_db.cap_per_second,
+            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=time.time()) or delivery_db.cap_per_second,
         )
         metadata = {
             "first_batch": numbers.start,

@@ -131,17 +131,30 @@ class Ledger:
         with self._engine.connect() as conn:
             return conn.execute(query).scalar()
 
-    def acked_rate(self, data_uuid: str, day: str, window_s: float = 300.0) -> float:
-        """Batches acknowledged per second over the last window: the measured rate."""
+    def acked_rate(self, data_uuid: str, day: str, now: float, window_s: float = 300.0) -> float:
+        """Batches acknowledged per second over the window before `now` (epoch seconds, the
+        caller's clock): the measured rate. Acknowledgements that stopped show as a rate
+        falling to 0, never as "nothing measured"."""
         t = ledger_table
-        since = time.time() - window_s
-        query = sa.select(sa.func.count(), sa.func.min(t.c.acked_at), sa.func.max(t.c.acked_at)).where(
-            t.c.data_uuid == data_uuid, t.c.day == day, t.c.status == BatchStatus.SUCCESS.value, t.c.acked_at >= since
+        query = sa.select(sa.func.count(), sa.func.min(t.c.acked_at)).where(
+            t.c.data_uuid == data_uuid, t.c.day == day, t.c.status == BatchStatus.SUCCESS.value,
+            t.c.acked_at > now - window_s, t.c.acked_at <= now,
         )
         with self._engine.connect() as conn:
-            n, first, last = conn.execute(query).one()
-        if n < 2 or last <= first:
+            n, first = conn.execute(query).one()
+        if not n:
             return 0.0
-        return (n - 1) / (last - first)
+        # The intervals between acknowledgements over the span from the window's first
+        # one to now: a day that just started is not measured as slow, and a pause since
+        # the last acknowledgement lowers the rate as it goes on.
+        return max(n - 1, 1) / max(now - first, 1.0)
+
+    def last_acked_at(self, data_uuid: str, day: str) -> float | None:
+        t = ledger_table
+        query = sa.select(sa.func.max(t.c.acked_at)).where(
+            t.c.data_uuid == data_uuid, t.c.day == day, t.c.status == BatchStatus.SUCCESS.value
+        )
+        with self._engine.connect() as conn:
+            return conn.execute(query).scalar()
 
 
