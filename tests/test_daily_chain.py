@@ -123,6 +123,11 @@ def test_the_fan_out_of_two_contracts_starts_each_datasets_own_ranges(tmp_path: 
         assert sorted(r.partition_key for r in requests[dataset]) == sorted(
             dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: k}) for k in range_keys(ranges)
         )
+        # Run tags name the dataset, date and range; an old date gets no queue priority.
+        assert sorted((r.tags["datahub/dataset"], r.tags["datahub/date"], r.tags["datahub/range"]) for r in requests[dataset]) == [
+            (dataset, DAY, k) for k in range_keys(ranges)
+        ]
+        assert {r.tags["dagster/priority"] for r in requests[dataset]} == {"0"}
 
 
 def test_the_schedule_skips_a_business_date_before_the_contracts_start(tmp_path: Path):

@@ -20,7 +20,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR
 from datahub_assets.definitions import build_dataset_assets
-from datahub_assets.resources import build_resources
+from datahub_assets.resources import RESOURCE_ENV
 from datahub_assets.upload.assets import UPLOAD_POOL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -169,18 +169,16 @@ def test_helm_runs_each_run_in_its_own_pod_with_the_platform_settings(helm_value
     assert "resources" not in deployment  # would override the run pods' sizing
 
     env = {e["name"]: e for e in deployment["env"]}
-    needed = {
-        getattr(resource, field)
-        for resource in build_resources().values()
-        for field in type(resource).model_fields
-        if isinstance(getattr(resource, field), dg.EnvVar)
-    }
+    needed = {var for _, fields in RESOURCE_ENV.values() for var in fields.values()}
     assert needed and needed <= set(env), needed - set(env)
     # Every credential comes from the Secret, never as a literal in the values.
     secrets = {
         "DATAHUB_DELIVERY_DB_URL",
         "DATAHUB_SOURCE_DB_URL",
         "DATAHUB_LANDING_URL",
+        "DATAHUB_SFTP_KNOWN_HOSTS",  # pins the server's identity: changed only with the credentials
+        "DATAHUB_SFTP_PASSWORD",
+        "DATAHUB_SFTP_KEY_PATH",
         "DATAHUB_SLACK_TOKEN",
         "DATAHUB_ALERT_WEBHOOK_URL",
     }

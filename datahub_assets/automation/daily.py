@@ -25,6 +25,7 @@ from datahub_assets.partitions import (
     Stage,
     asset_key,
     business_date,
+    is_current_day,
     range_keys,
     upload_partition_key,
 )
@@ -38,6 +39,7 @@ DEFAULT_START = time(5, 30)
 # its date". The schedule sets it; add it by hand to a launched run to join the chain.
 FAN_OUT_TAG = "datahub/fan_out_uploads"
 FAN_OUT_INTERVAL_S = 30
+TODAY_PRIORITY = "10"
 FAN_OUT_FIRST_LOOKBACK = timedelta(days=1)  # a newly started sensor ignores older runs
 
 
@@ -113,6 +115,13 @@ def build_upload_fan_out_sensor(contract: Contract) -> dg.SensorDefinition:
                     partition_key=upload_partition_key(day, key),
                     asset_selection=[uploaded],
                     asset_check_keys=[],
+                    tags={
+                        # Today's delivery leaves the run queue before anything else.
+                        "dagster/priority": TODAY_PRIORITY if is_current_day(day) else "0",
+                        "datahub/dataset": contract.dataset,
+                        "datahub/date": day,
+                        "datahub/range": key,
+                    },
                 )
                 for key in range_keys(contract.batch_ranges)
             ]
