@@ -209,3 +209,27 @@ def make_snapshot_batches(workdir: Path, batches: int, day: str, seed: int = 11)
     snapshot = workdir / "snapshot.parquet"
     conform(contract, pl.scan_parquet(extract), snapshot, workdir / "quarantine.parquet")
     return contract, snapshot, read_batches(snapshot, range(batches))
+
+
+def in_child(fn, *args, timeout_s: float = 3 * 3600) -> dict:
+    """Run one step in a fresh spawned process (its own peak RSS), bounded in time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply_async(fn, args).get(timeout=timeout_s)
+
+
+def best_of(repeat: int, fn, *args) -> dict:
+    """The fastest of `repeat` runs of a step, each in its own process, with the highest
+    peak RSS of them; every run is printed."""
+    import json
+
+    runs = []
+    for _ in range(max(1, repeat)):
+        runs.append(in_child(fn, *args))
+        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in runs[-1].items()}
+        print(f"  {fn.__name__}: {json.dumps(shown)}", flush=True)
+    fastest = min(runs, key=lambda r: r["seconds"])
+    fastest["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return fastest

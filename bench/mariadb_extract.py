@@ -20,8 +20,6 @@ VmHWM. Target <= 1 GB for the extract. The server's own memory is not included.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import shutil
 import sys
 import time
@@ -110,13 +108,6 @@ def step_extract(url: str, out_dir: str) -> dict:
     return _step_result(started, rows=rows)
 
 
-def in_child(fn, *args) -> dict:
-    """Run one step in a fresh spawned process (its own peak RSS), bounded in time."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply_async(fn, args).get(timeout=3600)
-
-
 def source_rows(url: str) -> int:
     import sqlalchemy as sa
 
@@ -154,7 +145,7 @@ def main() -> None:
     have = source_rows(url)
     if args.regenerate or have != rows:
         print(f"loading {rows:,} source rows (table had {have:,}) ...", flush=True)
-        gen = in_child(step_generate, url, rows)
+        gen = benchlib.in_child(step_generate, url, rows)
         print(f"  generated and loaded in {gen['seconds']:.1f} s, peak RSS {gen['peak_rss_mb']:.0f} MB", flush=True)
     else:
         print("source table already holds the day: reused", flush=True)
@@ -162,13 +153,7 @@ def main() -> None:
     extract_dir = workdir / "extract"
 
     def best(fn, *fargs) -> dict:
-        runs = []
-        for _ in range(max(1, args.repeat)):
-            runs.append(in_child(fn, *fargs))
-            print(f"  {fn.__name__}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in runs[-1].items()})}", flush=True)
-        fastest = min(runs, key=lambda r: r["seconds"])
-        fastest["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-        return fastest
+        return benchlib.best_of(args.repeat, fn, *fargs)
 
     best(step_bare_fetch, url)  # untimed: both timed steps read a warm buffer pool
     bare = best(step_bare_fetch, url)

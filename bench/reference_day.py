@@ -17,8 +17,6 @@ VmHWM. Target <= 4 GB per step. The Postgres server's own memory is not included
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -136,13 +134,6 @@ def step_sort_only(extract_dir: str, out_file: str) -> dict:
     return _step_result(started)
 
 
-def in_child(fn, *args) -> dict:
-    """Run one step in a fresh spawned process (its own peak RSS), bounded in time."""
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply_async(fn, args).get(timeout=3 * 3600)
-
-
 # ---------------------------------------------------------------- orchestration
 
 
@@ -197,7 +188,7 @@ def main() -> None:
     have = source_rows(url)
     if args.regenerate or have != rows:
         print(f"generating {rows:,} source rows (table had {have:,}) ...", flush=True)
-        gen = in_child(step_generate, url, rows, args.bad_share)
+        gen = benchlib.in_child(step_generate, url, rows, args.bad_share)
         print(f"  generated in {gen['generate_s']:.1f} s, written in {gen['seconds'] - gen['generate_s']:.1f} s, "
               f"peak RSS {gen['peak_rss_mb']:.0f} MB", flush=True)
     else:
@@ -211,13 +202,7 @@ def main() -> None:
     quarantine = workdir / "quarantine.parquet"
 
     def best(fn, *fargs) -> dict:
-        runs = []
-        for _ in range(max(1, args.repeat)):
-            runs.append(in_child(fn, *fargs))
-            print(f"  {fn.__name__}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in runs[-1].items()})}", flush=True)
-        fastest = min(runs, key=lambda r: r["seconds"])
-        fastest["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-        return fastest
+        return benchlib.best_of(args.repeat, fn, *fargs)
 
     steps = set(args.steps.split(","))
     results = []

@@ -18,27 +18,35 @@ def pg_url(database: str) -> str:
     return f"{PG_SERVER_URL}/{database}"
 
 
-def pg_admin_execute(sql: str) -> None:
-    """One statement outside a transaction (CREATE/DROP DATABASE) on the server."""
+def _admin_execute(server_url: str, sql: str, params: dict | None = None) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE, users, grants)."""
     from datahub_assets.sql import create_engine
 
-    admin = create_engine(pg_url("postgres"), isolation_level="AUTOCOMMIT")
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text(sql))
+            conn.execute(sa.text(sql), params or {})
     finally:
         admin.dispose()
 
 
 @contextlib.contextmanager
-def scratch_database(prefix: str = "datahub_scratch") -> Iterator[str]:
-    """A fresh, empty database, dropped afterwards; yields its URL."""
+def _scratch(prefix: str, create: str, drop: str, execute, url_of) -> Iterator[str]:  # noqa: ANN001
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    pg_admin_execute(f'CREATE DATABASE "{name}"')
+    execute(create.format(name=name))
     try:
-        yield pg_url(name)
+        yield url_of(name)
     finally:
-        pg_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        execute(drop.format(name=name))
+
+
+def pg_admin_execute(sql: str) -> None:
+    _admin_execute(pg_url("postgres"), sql)
+
+
+def scratch_database(prefix: str = "datahub_scratch") -> contextlib.AbstractContextManager[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards; yields its URL."""
+    return _scratch(prefix, 'CREATE DATABASE "{name}"', 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', pg_admin_execute, pg_url)
 
 
 MARIADB_SERVER_URL = "mysql+pymysql://root@127.0.0.1:3306"
@@ -49,21 +57,15 @@ def mariadb_url(database: str) -> str:
 
 
 def mariadb_admin_execute(sql: str, params: dict | None = None) -> None:
-    """One statement (CREATE/DROP DATABASE or USER, GRANT) on the MariaDB server."""
-    admin = sa.create_engine(MARIADB_SERVER_URL + "/?charset=utf8mb4", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(sql), params or {})
-    finally:
-        admin.dispose()
+    _admin_execute(MARIADB_SERVER_URL + "/?charset=utf8mb4", sql, params)
 
 
-@contextlib.contextmanager
-def scratch_mariadb_database(prefix: str = "datahub_scratch") -> Iterator[str]:
+def scratch_mariadb_database(prefix: str = "datahub_scratch") -> contextlib.AbstractContextManager[str]:
     """A fresh, empty MariaDB database (utf8mb4), dropped afterwards; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    mariadb_admin_execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    try:
-        yield mariadb_url(name)
-    finally:
-        mariadb_admin_execute(f"DROP DATABASE IF EXISTS `{name}`")
+    return _scratch(
+        prefix,
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "DROP DATABASE IF EXISTS `{name}`",
+        mariadb_admin_execute,
+        mariadb_url,
+    )

@@ -147,28 +147,25 @@ class Watch:
         return [f for p in days if (f := self.find(p, now)) is not None]
 
 
-FAILED = Watch(
-    "failed", NOT_FAILED_CHECK, dg.AssetCheckSeverity.ERROR, failed_finding,
-    "No upload run of a watched date failed and no batch was refused (F).",
-    "No range of a watched date has failed.",
-)
-LATE = Watch(
-    "late", ON_TIME_CHECK, dg.AssetCheckSeverity.ERROR, late_finding,
-    "Every batch range of each watched date was delivered by 10:00 GMT+8 the next day.",
-    "No watched date is late.",
-)
-AT_RISK = Watch(
-    "at_risk", NOT_AT_RISK_CHECK, dg.AssetCheckSeverity.WARN, at_risk_finding,
-    "At the measured rate (the cap before sending began), the date due today finishes before 10:00 GMT+8.",
-    "The date due today is on course for 10:00 GMT+8.",
-)
-STALLED = Watch(
-    "stalled", NOT_STALLED_CHECK, dg.AssetCheckSeverity.ERROR, stalled_finding,
-    f"Once sending began, a batch was acknowledged within the last {int(STALL_AFTER.total_seconds() // 60)} min "
-    "while batches remain.",
-    "No watched date is stalled.",
-)
-WATCHES = (FAILED, LATE, AT_RISK, STALLED)
+_STALL_MINUTES = int(STALL_AFTER.total_seconds() // 60)
+# state, check, severity, rule, what the check means, and its all-clear text.
+WATCHES = FAILED, LATE, AT_RISK, STALLED = tuple(
+    Watch(*spec)
+    for spec in (
+        ("failed", NOT_FAILED_CHECK, dg.AssetCheckSeverity.ERROR, failed_finding,
+         "No upload run of a watched date failed and no batch was refused (F).",
+         "No range of a watched date has failed."),
+        ("late", ON_TIME_CHECK, dg.AssetCheckSeverity.ERROR, late_finding,
+         "Every batch range of each watched date was delivered by 10:00 GMT+8 the next day.",
+         "No watched date is late."),
+        ("at_risk", NOT_AT_RISK_CHECK, dg.AssetCheckSeverity.WARN, at_risk_finding,
+         "At the measured rate (the cap before sending began), the date due today finishes before 10:00 GMT+8.",
+         "The date due today is on course for 10:00 GMT+8."),
+        ("stalled", NOT_STALLED_CHECK, dg.AssetCheckSeverity.ERROR, stalled_finding,
+         f"Once sending began, a batch was acknowledged within the last {_STALL_MINUTES} min while batches remain.",
+         "No watched date is stalled."),
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
