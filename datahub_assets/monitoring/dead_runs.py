@@ -57,14 +57,18 @@ def build_dead_run_sensor(contracts: Sequence[Contract], *, grace_s: float = GRA
                 ),
             )
             context.instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            notifier.send(
-                Alert(
-                    "worker_gone", contract.dataset, lease.day, (lease.range_key,),
-                    f"the upload run's worker is gone (its lease expired {silent} s ago unrenewed); the run was "
-                    "marked failed and is retried from the ledger: nothing is lost or sent twice",
-                    {"seconds_silent": silent},
-                )
+            alert = Alert(
+                "worker_gone", contract.dataset, lease.day, (lease.range_key,),
+                f"the upload run's worker is gone (its lease expired {silent} s ago unrenewed); the run was "
+                "marked failed and is retried from the ledger: nothing is lost or sent twice",
+                {"seconds_silent": silent},
             )
+            # Once per run: a failed run is not seen again, so a refusing channel is logged.
+            for channel in notifier.channels:
+                try:
+                    notifier.send(alert, channel)
+                except Exception as error:  # noqa: BLE001 - the other channels still get it
+                    context.log.error("worker_gone alert not sent to %s: %s", channel, error.__class__.__name__)
             context.log.info("failed a run whose worker is gone: %s %s range %s", contract.dataset, lease.day, lease.range_key)
         return None if dead else dg.SkipReason(f"{len(runs)} runs started, none an upload whose worker is gone")
 
