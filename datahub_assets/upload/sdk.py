@@ -9,6 +9,7 @@ the real jar in by pointing DATAHUB_SDK_CLASSPATH at it.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -162,6 +163,42 @@ def check_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STAN
     return keys.settings
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(endpoint: str) -> None:
+    """Refuse an endpoint that would carry the batches without TLS off this machine:
+    `https://` anywhere, `http://` only on loopback (the local stand-in endpoint)."""
+    if not endpoint:
+        return  # an SDK whose keys file names no endpoint chooses its own
+    url = urlsplit(endpoint)
+    if not url.hostname:
+        raise SdkConfigError(
+            "the partner endpoint (the `endpoint` of DATAHUB_KEYS_PATH) names no host: write it as "
+            "https://host[:port]"
+        )
+    if url.scheme == "https":
+        return
+    if url.scheme == "http" and _is_loopback(url.hostname):
+        return
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    shown = f"{url.scheme}://{url.hostname}" + (f":{port}" if port else "")  # never the userinfo
+    raise SdkConfigError(
+        f"the partner endpoint {shown} (the `endpoint` of DATAHUB_KEYS_PATH) is not https: batches, signatures "
+        "and answers would cross the network without TLS. Use the partner's https:// endpoint; plain http:// "
+        "is accepted only on loopback (127.0.0.1, ::1, localhost) for the local stand-in endpoint."
+    )
+
+
 def check_classpath(classpath: list[str]) -> None:
     missing = [c for c in classpath if not Path(c).exists()]
     if not classpath or missing:
@@ -259,8 +296,13 @@ class DataHubSdkResource(dg.ConfigurableResource):
     def _open_keys(self) -> KeysFile:
         """The keys file, opened and checked once per resource (under the lock)."""
         if self._keys is None:
-            self._keys = open_keys_file(self.keys_path, self.required_keys)
-            self._endpoint = self._keys.settings["endpoint"]
+            keys = open_keys_file(self.keys_path, self.required_keys)
+            try:
+                check_transport(keys.settings["endpoint"])
+            except BaseException:
+                keys.close()
+                raise
+            self._keys, self._endpoint = keys, keys.settings["endpoint"]
         return self._keys
 
     @property
