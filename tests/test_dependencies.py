@@ -23,7 +23,7 @@ def _norm(name: str) -> str:
 
 def _pins() -> dict[str, str]:
     text = (REPO / "constraints.txt").read_text()
-    return {_norm(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", text, re.M)}
+    return {_norm(m[1]): m[2] for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(\S+)", text, re.M)}
 
 
 def _requirement_name(spec: str) -> str:
