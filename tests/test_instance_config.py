@@ -192,6 +192,18 @@ def test_helm_runs_each_run_in_its_own_pod_with_the_platform_settings(helm_value
     mounts = {m["name"]: m for m in deployment["volumeMounts"]}
     keys = volumes["datahub-keys"]["secret"]
     assert keys["defaultMode"] == 0o400
-    keys_file = Path(mounts["datahub-keys"]["mountPath"]) / keys["items"][0]["path"]
-    assert str(keys_file) == env["DATAHUB_KEYS_PATH"]["value"] and mounts["datahub-keys"]["readOnly"]
+    # Mounted as the file itself (subPath): in a Secret folder the file is a symlink,
+    # which the SDK resource refuses.
+    assert mounts["datahub-keys"]["subPath"] == keys["items"][0]["path"]
+    assert mounts["datahub-keys"]["mountPath"] == env["DATAHUB_KEYS_PATH"]["value"] and mounts["datahub-keys"]["readOnly"]
     assert mounts["datahub-lake"]["mountPath"] == env["DATAHUB_DATA_DIR"]["value"]
+
+
+@pytest.mark.parametrize("component", ["dagsterWebserver", "dagsterDaemon"])
+def test_helm_runs_the_charts_pods_as_non_root_with_a_read_only_root(helm_values, component):
+    pod = helm_values[component]["podSecurityContext"]
+    container = helm_values[component]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0 and pod["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["runAsNonRoot"] is True and container["runAsUser"] > 0
+    assert container["allowPrivilegeEscalation"] is False and container["readOnlyRootFilesystem"] is True
+    assert container["capabilities"]["drop"] == ["ALL"]

@@ -22,8 +22,10 @@ ledger_table = sa.Table(
     sa.Column("batch_no", sa.Integer, primary_key=True),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("status", sa.String(1), nullable=False),  # a BatchStatus
-    sa.Column("result_code", sa.String(64)),
-    sa.Column("trace_id", sa.String(64)),
+    # The partner's resultCode and traceId: text of whatever length the partner sends
+    # (a length limit would fail record_result and leave the batch in flight).
+    sa.Column("result_code", sa.Text),
+    sa.Column("trace_id", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("first_sent_at", sa.Float),
     sa.Column("last_sent_at", sa.Float),

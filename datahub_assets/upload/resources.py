@@ -32,7 +32,34 @@ def create_delivery_engine(url: str) -> sa.Engine:
     else:
         engine = create_engine(url, pool_size=16, max_overflow=8, pool_pre_ping=True)
     _create_tables(engine)
+    _widen_partner_text(engine)
     return engine
+
+
+# Columns that hold text the partner sends, unbounded in the schema; databases created
+# when they were VARCHAR(64) are widened once, at engine creation.
+PARTNER_TEXT_COLUMNS = {"upload_ledger": ("result_code", "trace_id")}
+
+
+def _widen_partner_text(engine: sa.Engine) -> None:
+    """ALTER ... TYPE TEXT the partner-text columns still declared with a length.
+
+    Idempotent: it alters only columns that information_schema shows with a maximum
+    length, and VARCHAR to TEXT rewrites no rows on PostgreSQL. SQLite ignores declared
+    lengths, so there is nothing to do there.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    query = sa.text(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = :table AND column_name IN :columns AND character_maximum_length IS NOT NULL"
+    ).bindparams(sa.bindparam("columns", expanding=True))
+    for table, columns in PARTNER_TEXT_COLUMNS.items():
+        with engine.begin() as conn:
+            bounded = sorted(conn.execute(query, {"table": table, "columns": list(columns)}).scalars())
+            if bounded:
+                alters = ", ".join(f'ALTER COLUMN "{c}" TYPE TEXT' for c in bounded)
+                conn.execute(sa.text(f'ALTER TABLE "{table}" {alters}'))
 
 
 def _create_tables(engine: sa.Engine, tries: int = 5) -> None:

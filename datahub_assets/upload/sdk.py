@@ -8,6 +8,8 @@ the real jar in by pointing DATAHUB_SDK_CLASSPATH at it.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import socket
 import stat
@@ -38,33 +40,163 @@ class KeysFileError(SdkConfigError, PermissionError):
     """keys.properties is missing, readable by other users, or incomplete."""
 
 
-def check_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STANDIN_KEYS) -> dict[str, str]:
-    """Refuse a keys file that group or others can read (it holds the client's private
-    key), or that lacks a required key; return its non-secret settings."""
+class KeysFile:
+    """keys.properties, opened once and checked on the open descriptor.
+
+    The SDK reads the same open file through `proc_path` (/proc/self/fd/<fd>), so what
+    it reads is what was checked: replacing the file at DATAHUB_KEYS_PATH afterwards
+    changes nothing for this client. Keep it open while the client lives; `close()` after.
+    """
+
+    def __init__(self, path: str, fd: int, settings: dict[str, str]):
+        self.path = path
+        self.fd = fd
+        self.settings = settings
+
+    @property
+    def proc_path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _keys_error(p: Path, problem: str, fix: str) -> KeysFileError:
+    return KeysFileError(f"{p} (DATAHUB_KEYS_PATH) {problem}; {fix}: it holds the client's private key")
+
+
+def _check_folder(folder: Path, dir_fd: int) -> None:
+    """The folder decides who may replace the file: only its owner (or root)."""
+    st = os.fstat(dir_fd)
+    uid = os.geteuid()
+    if st.st_uid not in (uid, 0):
+        raise _keys_error(
+            folder, f"is in a folder owned by another user (uid {st.st_uid})",
+            f"keep keys.properties in a folder owned by uid {uid} or root",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise _keys_error(
+            folder, f"is in a folder writable by group or others (mode {stat.S_IMODE(st.st_mode):o})",
+            f"run `chmod go-w {folder}`",
+        )
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def open_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STANDIN_KEYS) -> KeysFile:
+    """Open keys.properties without following a symlink and refuse it unless it is a
+    regular file owned by this user, private to them (no group or other bits), in a folder
+    only they (or root) can change, holding every required key. The checks run on the
+    open descriptors, so nothing can swap the file between the check and the read."""
     p = Path(path)
-    if not p.is_file():
+    folder = p.parent
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        dir_fd = -1
+    try:
+        if dir_fd >= 0:
+            _check_folder(folder, dir_fd)
+            try:
+                # O_NONBLOCK: a FIFO put at the path must not hang the open before the
+                # regular-file check refuses it.
+                fd = os.open(p.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            except FileNotFoundError:
+                fd = -1
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _keys_error(p, "is a symbolic link", "point DATAHUB_KEYS_PATH at the file itself") from None
+                raise
+        else:
+            fd = -1
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    if fd < 0:
         raise KeysFileError(
             f"keys.properties not found at {p} (DATAHUB_KEYS_PATH). Create it with the partner's toolkit "
             "(the stand-in: python -m datahub_emulator.toolkit init), or point DATAHUB_KEYS_PATH at it."
         )
-    mode = p.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeysFileError(
-            f"{p} (DATAHUB_KEYS_PATH) is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run `chmod 600 {p}`: it holds the client's private key"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _keys_error(p, "is not a regular file", "point DATAHUB_KEYS_PATH at the file the toolkit wrote")
+        uid = os.geteuid()
+        if st.st_uid != uid:
+            raise _keys_error(
+                p, f"is owned by another user (uid {st.st_uid})", f"run `chown {uid} {p}` (the user that uploads)"
+            )
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise _keys_error(
+                p, f"is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o})", f"run `chmod 600 {p}`"
+            )
+        os.set_blocking(fd, True)
+        present = {}
+        for line in _read_all(fd).decode("utf-8", errors="replace").splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", "!")) and "=" in line:
+                name, _, value = line.partition("=")
+                present[name.strip()] = value.strip()
+        missing = [k for k in required_keys if not present.get(k)]
+        if missing:
+            raise KeysFileError(
+                f"{p} (DATAHUB_KEYS_PATH) lacks {', '.join(missing)}: re-run the partner's toolkit to write a "
+                "complete file"
+            )
+        return KeysFile(str(p), fd, {"endpoint": present.get("endpoint", "")})
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STANDIN_KEYS) -> dict[str, str]:
+    """The checks of `open_keys_file` alone; returns the file's non-secret settings."""
+    keys = open_keys_file(path, required_keys)
+    keys.close()
+    return keys.settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(endpoint: str) -> None:
+    """Refuse an endpoint that would carry the batches without TLS off this machine:
+    `https://` anywhere, `http://` only on loopback (the local stand-in endpoint)."""
+    if not endpoint:
+        return  # an SDK whose keys file names no endpoint chooses its own
+    url = urlsplit(endpoint)
+    if not url.hostname:
+        raise SdkConfigError(
+            "the partner endpoint (the `endpoint` of DATAHUB_KEYS_PATH) names no host: write it as "
+            "https://host[:port]"
         )
-    present = {}
-    for line in p.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            name, _, value = line.partition("=")
-            present[name.strip()] = value.strip()
-    missing = [k for k in required_keys if not present.get(k)]
-    if missing:
-        raise KeysFileError(
-            f"{p} (DATAHUB_KEYS_PATH) lacks {', '.join(missing)}: re-run the partner's toolkit to write a complete file"
-        )
-    return {"endpoint": present.get("endpoint", "")}
+    if url.scheme == "https":
+        return
+    if url.scheme == "http" and _is_loopback(url.hostname):
+        return
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    shown = f"{url.scheme}://{url.hostname}" + (f":{port}" if port else "")  # never the userinfo
+    raise SdkConfigError(
+        f"the partner endpoint {shown} (the `endpoint` of DATAHUB_KEYS_PATH) is not https: batches, signatures "
+        "and answers would cross the network without TLS. Use the partner's https:// endpoint; plain http:// "
+        "is accepted only on loopback (127.0.0.1, ::1, localhost) for the local stand-in endpoint."
+    )
 
 
 def check_classpath(classpath: list[str]) -> None:
@@ -151,13 +283,27 @@ class DataHubSdkResource(dg.ConfigurableResource):
     required_keys: list[str] = list(STANDIN_KEYS)  # what keys.properties must hold for the SDK in use
 
     _client = PrivateAttr(default=None)
+    _keys = PrivateAttr(default=None)  # the open, checked KeysFile the client reads
     _endpoint = PrivateAttr(default="")
     _lock = PrivateAttr(default_factory=threading.Lock)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # The files now; the JVM and the client in start(), when there is something to send.
         check_classpath(self._classpath())
-        self._endpoint = check_keys_file(self.keys_path, self.required_keys)["endpoint"]
+        with self._lock:
+            self._open_keys()
+
+    def _open_keys(self) -> KeysFile:
+        """The keys file, opened and checked once per resource (under the lock)."""
+        if self._keys is None:
+            keys = open_keys_file(self.keys_path, self.required_keys)
+            try:
+                check_transport(keys.settings["endpoint"])
+            except BaseException:
+                keys.close()
+                raise
+            self._keys, self._endpoint = keys, keys.settings["endpoint"]
+        return self._keys
 
     @property
     def endpoint(self) -> str:
@@ -180,9 +326,11 @@ class DataHubSdkResource(dg.ConfigurableResource):
         with self._lock:
             if self._client is None:
                 check_classpath(self._classpath())
+                keys = self._open_keys()
                 try:
                     _start_jvm(self._classpath(), self.jvm_options)
-                    self._client = open_client(self.keys_path)
+                    # The SDK reads the descriptor checked above, not the path again.
+                    self._client = open_client(keys.proc_path)
                 except (jpype.JException, TypeError) as exc:
                     # The class only: the SDK's message could quote a key.
                     raise SdkConfigError(
@@ -197,6 +345,12 @@ class DataHubSdkResource(dg.ConfigurableResource):
         return upload_batch(self._open_client(), data_uuid, rows)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        client, self._client = self._client, None
-        if client is not None and hasattr(client, "close"):
-            client.close()
+        with self._lock:
+            client, self._client = self._client, None
+            keys, self._keys = self._keys, None
+        try:
+            if client is not None and hasattr(client, "close"):
+                client.close()
+        finally:
+            if keys is not None:
+                keys.close()

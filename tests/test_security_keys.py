@@ -1,0 +1,110 @@
+"""keys.properties is opened once, without following a symlink, checked on the open
+descriptor (a regular file of this user, private to them, in a folder only they or root
+can change), and the SDK reads those same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from datahub_assets.upload.sdk import DataHubSdkResource, KeysFileError, SdkConfigError, open_keys_file
+from datahub_emulator.toolkit import read_properties, write_properties
+
+OTHER_UID = 65534  # nobody
+
+
+def _private_copy(keys_file: Path, folder: Path) -> Path:
+    folder.mkdir(mode=0o700)
+    copy = folder / "keys.properties"
+    write_properties(copy, read_properties(keys_file))
+    return copy
+
+
+def _refusal(path: Path) -> str:
+    with pytest.raises(KeysFileError) as caught:
+        open_keys_file(str(path))
+    message = str(caught.value)
+    assert "DATAHUB_KEYS_PATH" in message
+    return message
+
+
+def test_a_private_file_in_a_private_folder_is_accepted(keys_file, tmp_path):
+    keys = open_keys_file(str(_private_copy(keys_file, tmp_path / "ok")))
+    try:
+        assert keys.settings == {"endpoint": read_properties(keys_file)["endpoint"]}
+        assert os.readlink(keys.proc_path) == str(tmp_path / "ok" / "keys.properties")
+    finally:
+        keys.close()
+
+
+def test_a_symlink_is_refused_even_to_a_private_file(keys_file, tmp_path):
+    target = _private_copy(keys_file, tmp_path / "real")
+    link = tmp_path / "real" / "link.properties"
+    link.symlink_to(target)
+    message = _refusal(link)
+    assert "symbolic link" in message and str(link) in message
+
+
+def test_a_file_owned_by_another_user_is_refused(keys_file, tmp_path):
+    path = _private_copy(keys_file, tmp_path / "theirs")
+    os.chown(path, OTHER_UID, -1)
+    message = _refusal(path)
+    assert f"owned by another user (uid {OTHER_UID})" in message and f"chown {os.geteuid()}" in message
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o730, 0o1777, 0o703])
+def test_a_folder_group_or_others_can_write_is_refused(keys_file, tmp_path, mode):
+    path = _private_copy(keys_file, tmp_path / "shared")
+    path.parent.chmod(mode)
+    message = _refusal(path)
+    assert f"folder writable by group or others (mode {mode:o})" in message and "chmod go-w" in message
+
+
+def test_a_folder_owned_by_another_user_is_refused(keys_file, tmp_path):
+    path = _private_copy(keys_file, tmp_path / "their-folder")
+    os.chown(path.parent, OTHER_UID, -1)
+    assert f"folder owned by another user (uid {OTHER_UID})" in _refusal(path)
+
+
+def test_a_fifo_at_the_path_is_refused_without_blocking(tmp_path):
+    folder = tmp_path / "fifo"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(folder / "keys.properties", 0o600)
+    assert "not a regular file" in _refusal(folder / "keys.properties")
+
+
+def test_the_sdk_reads_the_bytes_that_were_checked_not_the_file_now_at_the_path(
+    keys_file, sdk_jar, tmp_path, datahub_endpoint, user_profile_uuid
+):
+    path = _private_copy(keys_file, tmp_path / "swap")
+    sdk = DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(path))
+    with dg.build_init_resource_context() as context:
+        sdk.setup_for_execution(context)
+        checked_fd = sdk._keys.fd
+        # After the check, the path is replaced by a file whose private key is not the
+        # registered one: a client built from it would be refused (checked below).
+        write_properties(path, {**read_properties(keys_file), "clientPrivateKey": "bm90IGEga2V5"})
+        try:
+            sdk.start()
+            outcome = sdk.upload(data_uuid=user_profile_uuid, rows=[json.dumps({"id": "k-1", "userName": "Ada"})])
+        finally:
+            sdk.teardown_after_execution(context)
+    assert (outcome.status, outcome.code) == ("S", "SUCCESS")
+    assert datahub_endpoint.stats()["by_code"] == {"SUCCESS": 1}
+    # Teardown closed the descriptor the SDK was given.
+    proc = f"/proc/self/fd/{checked_fd}"
+    assert not (os.path.exists(proc) and os.readlink(proc).startswith(str(path)))
+
+    # The control: the file now at the path does not make a client.
+    fresh = DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(path))
+    with dg.build_init_resource_context() as context:
+        fresh.setup_for_execution(context)
+        try:
+            with pytest.raises(SdkConfigError, match="DATAHUB_KEYS_PATH"):
+                fresh.start()
+        finally:
+            fresh.teardown_after_execution(context)
