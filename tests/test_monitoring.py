@@ -569,3 +569,39 @@ def test_at_ten_past_one_a_date_still_sending_is_late_with_a_new_eta(platform: P
     (at_risk,) = platform.tick(AT_RISK, on_due_day(10, 1)).asset_events
     assert not late.passed and "new ETA 10:01 GMT+8" in late.description
     assert not at_risk.passed  # after the deadline at-risk hands over to late, never "on course"
+
+
+def test_a_date_superseded_by_a_newer_delivered_date_is_not_late_and_the_check_says_why(
+    platform: Platform, receiver: Receiver
+):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(100))  # 10 % sent, then the newer date was delivered
+    platform.record("2026-11-26", range(5))
+
+    late = platform.tick(LATE, on_due_day(10, 1))
+    at_risk = platform.tick(AT_RISK, on_due_day(9, 0))
+    stalled = platform.tick(STALLED, on_due_day(9, 30))
+
+    for result in (late, at_risk, stalled):
+        (evaluation,) = result.asset_events
+        assert evaluation.passed
+        assert f"{DAY} superseded by 2026-11-26" in evaluation.description
+        assert evaluation.metadata["dates_superseded"].value == 1
+    assert receiver.posts == []
+
+
+def test_a_date_nothing_was_started_for_is_not_alerted_on_the_first_tick(platform: Platform, receiver: Receiver):
+    # Watched at 10:01 on DAY's due morning: DAY (snapshot built, partly sent) and the date
+    # before it, for which nothing ever happened (the platform was deployed since).
+    untouched = "2026-11-24"
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(100))
+
+    first = platform.tick(LATE, on_due_day(10, 1), lookback_days=2)
+    (evaluation,) = first.asset_events
+    assert not evaluation.passed and untouched in evaluation.description  # shown, not hidden
+    assert [a["date"] for a in receiver.webhook_alerts()] == [DAY]
+
+    platform.tick(LATE, on_due_day(10, 3), first.cursor, lookback_days=2)
+    assert [a["date"] for a in receiver.webhook_alerts()] == [DAY]  # still only DAY, once
+    assert len(receiver.slack_messages()) == 1

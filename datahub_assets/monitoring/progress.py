@@ -66,6 +66,12 @@ class DayProgress:
     def started(self) -> bool:
         return self.last_acked_at is not None
 
+    @property
+    def untouched(self) -> bool:
+        """Nothing has happened for this date: no snapshot, no acknowledgement, no upload run."""
+        no_snapshot = self.total_batches is None or self.total_is_estimate
+        return no_snapshot and not self.started and not self.materialized and not self.runs_failed
+
     def outlook(self, now: datetime) -> Plan:
         """The planner's view from `now`: at the measured rate once sending has begun (a
         stall gives no ETA at all), at the cap before (the best the day can still do)."""

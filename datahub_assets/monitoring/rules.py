@@ -177,16 +177,30 @@ class CheckOutcome:
     fingerprint: str  # the dates and ranges flagged; the numbers alone (an ETA) change every tick
 
     @classmethod
-    def of(cls, watch: Watch, findings: Sequence[Finding]) -> "CheckOutcome":
+    def of(cls, watch: Watch, findings: Sequence[Finding], days: Sequence[DayProgress]) -> "CheckOutcome":
         fingerprint = json.dumps([[f.day, *f.ranges] for f in findings])
+        # A superseded date is never flagged late, at risk or stalled; the check says why.
+        superseded = [
+            f"{p.day} superseded by {p.superseded_by}: not sent, it would overwrite the newer date at the partner"
+            for p in days
+            if p.superseded_by and not p.complete
+        ]
+        counts = {"dates_superseded": len(superseded)}
         if not findings:
-            return cls(True, watch.severity, watch.all_clear, {"dates_flagged": 0}, fingerprint)
+            return cls(
+                True, watch.severity, "; ".join([watch.all_clear, *superseded]), {"dates_flagged": 0, **counts}, fingerprint
+            )
         newest = findings[0]  # watched days come newest first
         return cls(
             False,
             watch.severity,
-            "; ".join(f"{f.day}: {f.summary} (ranges {ranges_text(f.ranges)})" for f in findings),
-            {"dates_flagged": len(findings), "ranges_flagged": sum(len(f.ranges) for f in findings), **newest.numbers},
+            "; ".join([*(f"{f.day}: {f.summary} (ranges {ranges_text(f.ranges)})" for f in findings), *superseded]),
+            {
+                "dates_flagged": len(findings),
+                "ranges_flagged": sum(len(f.ranges) for f in findings),
+                **counts,
+                **newest.numbers,
+            },
             fingerprint,
         )
 

@@ -57,7 +57,7 @@ def build_delivery_checks(
         for watch in WATCHES:
             if dg.AssetCheckKey(uploaded, watch.check_name) not in context.selected_asset_check_keys:
                 continue
-            outcome = CheckOutcome.of(watch, watch.findings(days, now))
+            outcome = CheckOutcome.of(watch, watch.findings(days, now), days)
             yield dg.AssetCheckResult(
                 asset_key=uploaded, check_name=watch.check_name, passed=outcome.passed,
                 severity=outcome.severity, description=outcome.description, metadata=dict(outcome.metadata),
@@ -108,6 +108,7 @@ def build_watch_sensor(
         context: dg.SensorEvaluationContext, delivery_db: DeliveryDatabase, lake: DataLake, notifier: Notifier
     ) -> dg.SensorResult:
         now = clock()
+        first_tick = not context.cursor
         memory = WatchMemory.from_cursor(context.cursor)
         events = []
         for contract in contracts:
@@ -115,7 +116,21 @@ def build_watch_sensor(
                 context.instance, contract, now, delivery_db=delivery_db, lake=lake, lookback_days=lookback_days
             )
             findings = watch.findings(days, now)
-            outcome = CheckOutcome.of(watch, findings)
+            outcome = CheckOutcome.of(watch, findings, days)
+            if first_tick:
+                # A date nothing ever happened to before the watch began (a new deployment,
+                # a new contract) is shown by the check but not alerted: nobody was meant to
+                # deliver it through this platform.
+                untouched = {p.day for p in days if p.untouched}
+                for finding in findings:
+                    if finding.day in untouched:
+                        memory.notified |= {
+                            (contract.dataset, finding.day, r, c) for r in finding.ranges for c in notifier.channels
+                        }
+                        context.log.info(
+                            "%s %s %s: not alerted, nothing was started for it before the watch began",
+                            watch.state, contract.dataset, finding.day,
+                        )
             # Report a result when it changes, or when a range was materialized since: the UI
             # shows a check's result only while it is newer than the asset's latest
             # materialization. Not every tick: the event log keeps every result.

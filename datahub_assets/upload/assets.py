@@ -25,7 +25,7 @@ from datahub_assets.partitions import (
 from datahub_assets.planning import plan
 from datahub_assets.upload.batches import read_batches, snapshot_row_count
 from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lease
-from datahub_assets.upload.outcome import BatchStatus, UploadClient
+from datahub_assets.upload.outcome import KEY_CODES, BatchStatus, UploadClient
 from datahub_assets.upload.resources import DeliveryDatabase
 from datahub_assets.upload.sender import RangeSender, RetryPolicy
 
@@ -55,7 +55,6 @@ class UploadConfig(dg.Config):
 
 
 # F codes that mean the partner did not accept the client's keys, not the data.
-KEY_CODES = {"SIGNATURE_INVALID", "CLIENT_UNKNOWN", "NO_PERMISSION"}
 LEASE_BEAT_S = 2.0
 
 
@@ -169,6 +168,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
             "batches_skipped": report.batches_skipped,
             "batches_sent": report.batches_sent,
             "batches_failed": report.batches_failed,
+            "batches_not_sent": report.batches_not_sent,
             "rows_sent": report.rows_sent,
             "attempts": report.attempts,
             "retries": report.retries,
@@ -182,12 +182,13 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         }
         if report.batches_failed:
             codes = ", ".join(f"{code} x{n}" for code, n in sorted(report.failed_codes.items()))
-            others = report.batches_total - report.batches_failed
+            others = report.batches_total - report.batches_failed - report.batches_not_sent
             hint = ""
             if KEY_CODES & set(report.failed_codes):
                 hint = (
-                    " The partner refused the client's keys: check that DATAHUB_KEYS_PATH is the keys.properties "
-                    "registered with the partner (its clientId, private key and grants)."
+                    f" The partner refused the client's keys, so the other {report.batches_not_sent} batches were not "
+                    "sent: check that DATAHUB_KEYS_PATH is the keys.properties registered with the partner "
+                    "(its clientId, private key and grants)."
                 )
             elif any(code.startswith("ENDPOINT_UNREACHABLE") for code in report.failed_codes):
                 hint = f" The partner endpoint {sdk.endpoint} was unreachable: nothing of these batches arrived."

@@ -17,11 +17,20 @@ class BatchStatus(StrEnum):
     FAILED = "F"  # refused (PARAM_ILLEGAL, DATA_CHECK_FAILED, ...): never retried blindly
 
 
+# F codes that refuse the client's keys, not the batch: every other batch would be refused
+# the same way, so the range stops sending at the first one.
+KEY_CODES = frozenset({"SIGNATURE_INVALID", "CLIENT_UNKNOWN", "NO_PERMISSION"})
+
+
 @dataclass(frozen=True)
 class UploadOutcome:
     status: BatchStatus  # S, U or F; an SDK exception counts as U (unknown outcome)
     code: str
     trace_id: str
+
+    @property
+    def refuses_keys(self) -> bool:
+        return self.status is BatchStatus.FAILED and self.code in KEY_CODES
 
 
 class UploadClient(Protocol):

@@ -4,7 +4,8 @@ every attempt and result in the ledger.
 Outcomes: S is done. U, or an SDK exception, is retried with backoff and
 jitter, and every retry takes a limiter slot. PARAM_ILLEGAL, DATA_CHECK_FAILED and
 any other F are never retried blindly: the batch is marked failed and the others go
-on. A crash loses nothing: the ledger skips batches acknowledged with S and an
+on, except after a refusal of the client's keys (signature, client, grant), which
+every batch would meet: the range then stops sending. A crash loses nothing: the ledger skips batches acknowledged with S and an
 unchanged content hash, so a rerun re-sends at most the batches that were in flight.
 """
 
@@ -89,6 +90,7 @@ class RangeReport:
     batches_skipped: int = 0  # already acknowledged with the same content
     batches_sent: int = 0
     batches_failed: int = 0
+    batches_not_sent: int = 0  # left unsent after the partner refused the client's keys
     attempts: int = 0
     retries: int = 0
     throttled: int = 0
@@ -131,6 +133,7 @@ class RangeSender:
         self._progress_every_s = progress_every_s
         self._lock = threading.Lock()
         self._report = RangeReport()
+        self._keys_refused = threading.Event()
 
     def pending(self, batches: list[Batch]) -> list[Batch]:
         """The batches not yet acknowledged with this exact content."""
@@ -171,6 +174,10 @@ class RangeSender:
         return report
 
     def _send_one(self, batch: Batch, alone: bool = False) -> None:
+        if self._keys_refused.is_set():
+            with self._lock:
+                self._report.batches_not_sent += 1
+            return
         attempt = 0  # attempts that count against the budget: THROTTLED ones do not
         calls = 0
         while True:
@@ -199,6 +206,8 @@ class RangeSender:
                 time.sleep(self._retry.throttled_delay())
                 continue
             if outcome.status is BatchStatus.FAILED or attempt >= self._retry.max_attempts:
+                if outcome.refuses_keys:
+                    self._keys_refused.set()
                 with self._lock:
                     self._report.batches_failed += 1
                     self._report.failed_codes[outcome.code] += 1
