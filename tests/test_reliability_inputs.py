@@ -313,7 +313,7 @@ BROKEN_FILES = [
     ("no-width-column", b"user_id,user_name,age,updated_at\n1," + SECRET_VALUE + b",2,t\n", "SourceShapeError",
      "['screen_width']"),
     ("repeated-header", b"user_id,user_name,user_name,age,screen_width,updated_at\n1,a," + SECRET_VALUE + b",2,3,t\n",
-     "SourceFormatError", "the header names ['user_name'] more than once"),
+     "SourceFormatError", "the header names 1 column(s) more than once: ['user_name']"),
     ("truncated", HEADER + b"1," + SECRET_VALUE + b",2,3.5,t,x\n2,b,2", "SourceFormatError",
      "1 record(s) do not have the header's 6 fields"),
     ("extra-field", HEADER + b"1,a,2,3.5,t,x," + SECRET_VALUE + b"\n", "SourceFormatError",

@@ -52,7 +52,9 @@ def build_extract_asset(contract: Contract) -> dg.AssetsDefinition:
         day = context.partition_key
         with tempfile.TemporaryDirectory() as tmp:
             local = landing.fetch(relative_path=source.pattern.format(date=day), dest_dir=Path(tmp))
-            rows = landing_file_to_parquet(local, lake.extract_dir(contract.dataset, day), columns=wanted)
+            rows = landing_file_to_parquet(
+                local, lake.extract_dir(contract.dataset, day), columns=wanted, max_field_bytes=landing.max_field_bytes
+            )
         context.log.info("extracted %d rows for %s", rows, day)
         return dg.MaterializeResult(metadata={"rows": rows})
 

@@ -17,10 +17,11 @@ import decimal
 import fcntl
 import os
 import queue
+import re
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -37,6 +38,8 @@ _PART_ROWS = 500_000
 # driver holds at a time.
 _FETCH_ROWS = 20_000
 _MYSQL_BACKENDS = ("mysql", "mariadb")
+DEFAULT_MAX_FIELD_BYTES = 2**20
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class SourceMissingError(FileNotFoundError):
@@ -486,6 +489,12 @@ class LandingFiles(dg.ConfigurableResource):
     known_hosts: str = Field(default="", description="known_hosts file holding the SFTP server's host key")
     sftp_password: str = Field(default="", description="SFTP password (or give sftp_key_path)")
     sftp_key_path: str = Field(default="", description="SFTP private key file (or give sftp_password)")
+    max_file_bytes: int = Field(
+        default=16 * 2**30, gt=0, description="a larger landing file is refused before it is copied or downloaded"
+    )
+    max_field_bytes: int = Field(
+        default=DEFAULT_MAX_FIELD_BYTES, gt=0, description="a CSV field (or header) longer than this fails the day before it is read"
+    )
 
     def fetch(self, *, relative_path: str, dest_dir: Path) -> Path:
         """Bring the day's file to dest_dir and return its local path."""
@@ -496,7 +505,10 @@ class LandingFiles(dg.ConfigurableResource):
             src = Path(unquote(parsed.path) if parsed.scheme == "file" else self.url) / relative_path
             if not src.is_file():
                 raise SourceMissingError(f"landing file {src} does not exist")
-            shutil.copyfile(src, dest)
+            with src.open("rb") as source:
+                self._check_size(src.name, os.fstat(source.fileno()).st_size)
+                with dest.open("wb") as copy:
+                    _copy_at_most(source, copy, self.max_file_bytes, src.name)
             return dest
         if parsed.password is not None:
             raise LandingConfigError(
@@ -527,7 +539,17 @@ class LandingFiles(dg.ConfigurableResource):
             ) as conn, conn.start_sftp_client() as sftp:
                 if not await sftp.exists(remote):
                     raise SourceMissingError(f"landing file {remote} does not exist on {parsed.hostname}")
-                await sftp.get(remote, str(dest))
+                name = Path(remote).name
+                self._check_size(name, (await sftp.stat(remote)).size or 0)
+                # Counted as it arrives too: a file still growing on the server is cut off.
+                async with sftp.open(remote, "rb") as source:
+                    with dest.open("wb") as copy:
+                        copied = 0
+                        while chunk := await source.read(_COPY_CHUNK):
+                            copied += len(chunk)
+                            if copied > self.max_file_bytes:
+                                raise _too_large(name, self.max_file_bytes)
+                            copy.write(chunk)
         except asyncssh.HostKeyNotVerifiable:
             raise LandingConfigError(
                 f"the SFTP server at {where} presented a host key that is not in {self.known_hosts} "
@@ -540,23 +562,49 @@ class LandingFiles(dg.ConfigurableResource):
             ) from None
 
 
-def landing_file_to_parquet(path: Path, out_dir: Path, columns: Sequence[str] | None = None) -> int:
+    def _check_size(self, name: str, size: int) -> None:
+        if size > self.max_file_bytes:
+            raise _too_large(name, self.max_file_bytes, size)
+
+
+_COPY_CHUNK = 4 * 2**20
+
+
+def _too_large(name: str, limit: int, size: int | None = None) -> SourceFormatError:
+    has = f"{size:,} bytes" if size is not None else "more"
+    return SourceFormatError(
+        f"landing file {name} has {has}, over the limit of {limit:,} bytes (LandingFiles.max_file_bytes): refused"
+    )
+
+
+def _copy_at_most(source: Any, copy: Any, limit: int, name: str) -> None:
+    copied = 0
+    while chunk := source.read(_COPY_CHUNK):
+        copied += len(chunk)
+        if copied > limit:
+            raise _too_large(name, limit)
+        copy.write(chunk)
+
+
+def landing_file_to_parquet(
+    path: Path, out_dir: Path, columns: Sequence[str] | None = None, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+) -> int:
     """Convert a landing file to the extract's Parquet, every column as text; with
     `columns`, only those of them the file has (the rest never reach the lake).
 
     CSV is decoded as lossy UTF-8 so that one bad byte quarantines one row (the
     snapshot spots the replacement character) instead of failing the whole day. A file
     whose structure is broken (no header, a repeated column, a record with more or
-    fewer fields than the header, an unbalanced quote) fails the day with
-    SourceFormatError instead: polars would pad a short record with nulls, so a file
-    cut off mid-write would deliver partial rows.
+    fewer fields than the header, an unbalanced quote, a field or header longer than
+    `max_field_bytes`) fails the day with SourceFormatError instead: polars would pad a
+    short record with nulls, so a file cut off mid-write would deliver partial rows.
     """
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     if path.suffix == ".parquet":
         frame = pl.scan_parquet(path).select(pl.all().cast(pl.String))
     elif path.suffix == ".csv":
-        _check_csv_records(path)
+        _check_csv_records(path, max_field_bytes)
         frame = pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
     else:
         raise ValueError(f"landing file {path.name}: only .csv and .parquet are supported")
@@ -574,21 +622,57 @@ def landing_file_to_parquet(path: Path, out_dir: Path, columns: Sequence[str] | 
     return pl.scan_parquet(out_dir / "*.parquet").select(pl.len()).collect().item()
 
 
-def _check_csv_records(path: Path) -> None:
+def _check_csv_records(path: Path, max_field_bytes: int) -> None:
     """Raise SourceFormatError unless every record has the header's fields (blank lines
-    aside) and the header names each column once. Messages name no value."""
-    csv.field_size_limit(2**31 - 1)  # a long value is the snapshot's to quarantine
+    aside), the header names each column once, and no field or header is longer than
+    `max_field_bytes`. One pass, in bounded memory. Messages name no value."""
+    with path.open("rb") as raw:
+        # A header that does not end within the limit is refused before the CSV reader
+        # gathers it (it holds a whole record in memory).
+        first_line = raw.readline(max_field_bytes + 1)
+        if len(first_line) > max_field_bytes and not first_line.endswith(b"\n"):
+            raise SourceFormatError(
+                f"landing file {path.name}: its header row is longer than {max_field_bytes:,} bytes "
+                "(LandingFiles.max_field_bytes): refused"
+            )
+    csv.field_size_limit(max_field_bytes)
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
-        reader = csv.reader(f, strict=True)
+        # Lines are read at most `longest` characters at a time, so that a line of any
+        # length costs bounded memory; no valid record has a longer line.
+        longest = max_field_bytes + 2
+
+        def lines() -> Iterator[str]:
+            while line := f.readline(longest):
+                if len(line) == longest and not line.endswith(("\n", "\r")):
+                    raise SourceFormatError(
+                        f"landing file {path.name}: a record near line {reader.line_num + 1} is longer than the "
+                        f"header's fields at {max_field_bytes:,} characters each (LandingFiles.max_field_bytes): refused"
+                    )
+                yield line
+
+        reader = csv.reader(lines(), strict=True)
         try:
             header = next(reader, None)
             if not header:
                 raise SourceFormatError(f"landing file {path.name} is empty: it has no header row")
-            repeated = sorted({name for name in header if header.count(name) > 1})
+            repeated = sorted(name for name, n in Counter(header).items() if n > 1)
             if repeated:
-                raise SourceFormatError(f"landing file {path.name}: the header names {repeated} more than once")
+                # A file without its header row makes its first record the "header": only
+                # names that look like identifiers are quoted, never values.
+                named = [name for name in repeated if _IDENTIFIER.fullmatch(name)]
+                raise SourceFormatError(
+                    f"landing file {path.name}: the header names {len(repeated)} column(s) more than once"
+                    + (f": {named}" if len(named) == len(repeated) else " (a file without its header row?)")
+                )
+            # A field of n characters takes at most 2n + 3 in the file (quoted, quotes doubled).
+            longest = len(header) * (2 * max_field_bytes + 3)
             widths = Counter(map(len, reader))
         except csv.Error as error:
+            if "field larger than field limit" in str(error):
+                raise SourceFormatError(
+                    f"landing file {path.name}: a field near line {reader.line_num} is longer than "
+                    f"{max_field_bytes:,} characters (LandingFiles.max_field_bytes): refused"
+                ) from None
             raise SourceFormatError(
                 f"landing file {path.name}: malformed CSV near line {reader.line_num} ({error})"
             ) from None
