@@ -30,7 +30,10 @@ RESOURCE_ENV: Mapping[str, tuple[type[dg.ConfigurableResource], Mapping[str, str
             "sftp_key_path": "DATAHUB_SFTP_KEY_PATH",
         },
     ),
-    "sdk": (DataHubSdkResource, {"classpath": "DATAHUB_SDK_CLASSPATH", "keys_path": "DATAHUB_KEYS_PATH"}),
+    "sdk": (
+        DataHubSdkResource,
+        {"classpath": "DATAHUB_SDK_CLASSPATH", "keys_path": "DATAHUB_KEYS_PATH", "trust_store": "DATAHUB_SDK_TRUSTSTORE"},
+    ),
     "delivery_db": (DeliveryDatabase, {"url": "DATAHUB_DELIVERY_DB_URL"}),
     # Each may be set empty: an empty token/channel or URL disables that channel.
     "notifier": (

@@ -44,12 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lost-ack-rate", type=float, default=0.0, help="share of stored batches answered U"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for injected faults")
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM); with --tls-cert")
     parser.add_argument(
         "--admin-from-anywhere",
         action="store_true",
         help="serve /admin/* to non-loopback clients and any Host too (the token still applies)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
 
 
 def fault_config(args: argparse.Namespace) -> FaultConfig:
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         proxy_headers=False,
         server_header=False,
         date_header=False,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
     if args.port_file is not None:
         write_private(args.port_file, f"{port}\n")

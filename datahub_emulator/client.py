@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ ADMIN_TOKEN_ENV = "DATAHUB_EMULATOR_ADMIN_TOKEN"
 # Admin tokens of the endpoints this process started, by URL: code that is handed only an
 # endpoint's URL (the toolkit's init_keys) can still call its admin API.
 _started_tokens: dict[str, str] = {}
+# And the CA of those serving HTTPS, so that their certificates are verified.
+_started_cas: dict[str, Path] = {}
 
 
 def admin_token_for(url: str) -> str | None:
@@ -38,9 +41,13 @@ def admin_token_for(url: str) -> str | None:
 class AdminClient:
     """The endpoint's admin API (docs/protocol.md) as Python calls returning JSON values."""
 
-    def __init__(self, url: str, admin_token: str | None = None) -> None:
+    def __init__(self, url: str, admin_token: str | None = None, ca_file: Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.admin_token = admin_token if admin_token is not None else admin_token_for(self.url)
+        # An https endpoint is verified against this CA (default: the CA of an endpoint this
+        # process started, else the system's CAs).
+        ca_file = ca_file or _started_cas.get(self.url)
+        self._tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
     def faults(self, **patch: Any) -> dict[str, Any]:
         """Merge the given fault keys (none: just read them); returns the full config."""
@@ -79,9 +86,18 @@ class AdminClient:
         if self.admin_token:
             headers["Authorization"] = f"Bearer {self.admin_token}"
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=self._tls) as response:
             answer: dict[str, Any] = json.loads(response.read())
         return answer
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate and its key, and the CA that signed it (all PEM)."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 @dataclass
@@ -99,11 +115,12 @@ class EmulatorProcess(AdminClient):
     cap: int | None = None
     extra_args: Sequence[str] = ()
     log_path: Path | None = None
+    tls: TlsFiles | None = None  # serve HTTPS with this certificate
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        AdminClient.__init__(self, self._url_for(self.port), self.admin_token)
+        AdminClient.__init__(self, self._url_for(self.port), self.admin_token, self.tls.ca if self.tls else None)
 
     @property
     def port_file(self) -> Path:
@@ -123,6 +140,8 @@ class EmulatorProcess(AdminClient):
         ]  # fmt: skip
         if self.cap is not None:
             command += ["--cap", str(self.cap)]
+        if self.tls is not None:
+            command += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
         command += list(self.extra_args)
         env = {**os.environ, ADMIN_TOKEN_ENV: self.admin_token}
         if self.log_path is None:
@@ -135,6 +154,8 @@ class EmulatorProcess(AdminClient):
                 self._process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
         self._wait_until_serving()
         _started_tokens[self.url] = self.admin_token
+        if self.tls is not None:
+            _started_cas[self.url] = self.tls.ca
         return self
 
     @property
@@ -148,6 +169,7 @@ class EmulatorProcess(AdminClient):
         if process is None:
             return None
         _started_tokens.pop(self.url, None)
+        _started_cas.pop(self.url, None)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -160,7 +182,8 @@ class EmulatorProcess(AdminClient):
     def _url_for(self, port: int) -> str:
         # A wildcard address is reached through loopback, the only Host the admin API takes.
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def _wait_until_serving(self) -> None:
         """Until the child has reported its port and answers /healthz with its own pid."""

@@ -208,11 +208,23 @@ def check_classpath(classpath: list[str]) -> None:
         )
 
 
+_jvm_options: list[str] | None = None  # what this process's JVM was started with
+
+
 def _start_jvm(classpath: list[str], jvm_options: list[str]) -> None:
     import jpype
 
+    global _jvm_options
     if jpype.isJVMStarted():
+        # One JVM per process, started once: options asked for later cannot apply.
+        missing = [o for o in jvm_options if o not in (_jvm_options or [])]
+        if missing:
+            raise SdkConfigError(
+                f"this process's JVM was started without {missing}; a JVM takes its options only at start. "
+                "Run uploads with different SDK settings (DATAHUB_SDK_TRUSTSTORE) in separate processes."
+            )
         return
+    _jvm_options = list(jvm_options)
     # The JVM is shut down at interpreter exit (JPype's default): a process torn down
     # under running JVM threads can abort (docs/reliability.md). The SDK's own threads
     # are closed in teardown_after_execution, so the shutdown has none to wait on.
@@ -259,18 +271,48 @@ def upload_batch(client, data_uuid: str, rows: list[str]) -> UploadOutcome:  # n
 
 
 def _probe(endpoint: str, timeout_s: float = 5.0) -> None:
-    """Open (and close) a TCP connection to the endpoint: a partner that cannot be
-    reached fails the step before any batch is recorded as sent."""
+    """Reach the endpoint before any batch is recorded as sent: a TCP connection, and for
+    https a TLS handshake in the JVM, which checks the certificate (chain and name) with
+    the trust the SDK's requests get."""
     url = urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    shown = f"{url.scheme}://{host}:{port}"
     try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+        with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as exc:
         raise SdkConfigError(
-            f"the partner endpoint {url.scheme}://{url.hostname}:{port} (the `endpoint` of DATAHUB_KEYS_PATH) "
+            f"the partner endpoint {shown} (the `endpoint` of DATAHUB_KEYS_PATH) "
             f"is unreachable: {exc.__class__.__name__}. Check the network, or that the endpoint is up."
         ) from None
+    if url.scheme == "https":
+        _tls_handshake(host, port, timeout_s, shown)
+
+
+def _tls_handshake(host: str, port: int, timeout_s: float, shown: str) -> None:
+    import jpype
+    from java.net import InetSocketAddress, Socket
+    from javax.net.ssl import SSLSocketFactory
+
+    millis = int(timeout_s * 1000)
+    plain = Socket()
+    try:
+        plain.connect(InetSocketAddress(host, port), millis)
+        plain.setSoTimeout(millis)
+        tls = SSLSocketFactory.getDefault().createSocket(plain, host, port, True)
+        parameters = tls.getSSLParameters()
+        parameters.setEndpointIdentificationAlgorithm("HTTPS")  # the certificate must name this host
+        tls.setSSLParameters(parameters)
+        tls.startHandshake()
+    except jpype.JException as exc:
+        raise SdkConfigError(
+            f"the partner endpoint {shown} failed the TLS check: {exc.getClass().getSimpleName()}. Its certificate "
+            "is not trusted by the JVM or does not name this host. For a private CA (the stand-in endpoint), set "
+            "DATAHUB_SDK_TRUSTSTORE to a PKCS12 trust store holding it; otherwise check the endpoint in "
+            "DATAHUB_KEYS_PATH."
+        ) from None
+    finally:
+        plain.close()
 
 
 class DataHubSdkResource(dg.ConfigurableResource):
@@ -280,6 +322,9 @@ class DataHubSdkResource(dg.ConfigurableResource):
     classpath: str  # the SDK jar plus its dependencies, os.pathsep-separated
     keys_path: str  # keys.properties; must be private to its owner
     jvm_options: list[str] = []
+    # A PKCS12 trust store holding the CA of the endpoint's TLS certificate; empty: the
+    # JVM's own CAs (a public partner endpoint). The SDK verifies the certificate either way.
+    trust_store: str = ""
     required_keys: list[str] = list(STANDIN_KEYS)  # what keys.properties must hold for the SDK in use
 
     _client = PrivateAttr(default=None)
@@ -290,6 +335,11 @@ class DataHubSdkResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # The files now; the JVM and the client in start(), when there is something to send.
         check_classpath(self._classpath())
+        if self.trust_store and not Path(self.trust_store).is_file():
+            raise SdkConfigError(
+                f"the trust store {self.trust_store} (DATAHUB_SDK_TRUSTSTORE) does not exist: give the PKCS12 file "
+                "holding the endpoint's CA, or leave it empty to trust the JVM's own CAs"
+            )
         with self._lock:
             self._open_keys()
 
@@ -310,6 +360,12 @@ class DataHubSdkResource(dg.ConfigurableResource):
         """The partner endpoint keys.properties names (no secret), for messages."""
         return self._endpoint
 
+    def _all_jvm_options(self) -> list[str]:
+        if not self.trust_store:
+            return list(self.jvm_options)
+        trust = [f"-Djavax.net.ssl.trustStore={self.trust_store}", "-Djavax.net.ssl.trustStoreType=PKCS12"]
+        return [*self.jvm_options, *trust]
+
     def _classpath(self) -> list[str]:
         return [p for p in self.classpath.split(os.pathsep) if p]
 
@@ -328,7 +384,7 @@ class DataHubSdkResource(dg.ConfigurableResource):
                 check_classpath(self._classpath())
                 keys = self._open_keys()
                 try:
-                    _start_jvm(self._classpath(), self.jvm_options)
+                    _start_jvm(self._classpath(), self._all_jvm_options())
                     # The SDK reads the descriptor checked above, not the path again.
                     self._client = open_client(keys.proc_path)
                 except (jpype.JException, TypeError) as exc:
