@@ -193,6 +193,8 @@ def traced(client, ledger, limiter, out: list):
             return wrapped
 
     class TracedClient:
+        key_id = client.key_id
+
         def upload(self, *, data_uuid: str, rows: list[str]):
             t0 = time.time()
             outcome = client.upload(data_uuid=data_uuid, rows=rows)

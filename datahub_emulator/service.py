@@ -104,13 +104,13 @@ class UploadService:
         answers PARAM_ILLEGAL after the throttle, as for any other malformed request.
         """
         registered = {
-            "institutionId": client.institution_id,
-            "antInstitutionId": client.ant_institution_id,
-            "dataKeyId": client.data_key_id,
+            "institutionId": {client.institution_id},
+            "antInstitutionId": {client.ant_institution_id},
+            "dataKeyId": client.data_key_ids,
         }
         for field, expected in registered.items():
             claimed = envelope.text_field(field)
-            if claimed is not None and claimed != expected:
+            if claimed is not None and claimed not in expected:
                 raise codes.failed(codes.NO_PERMISSION, f"{field} does not match the client")
         data_uuid = envelope.text_field("dataUuid")
         if data_uuid and (client.institution_id, data_uuid) not in self.store.grants:

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS data_keys (
     data_key_id TEXT PRIMARY KEY,
     data_key BLOB NOT NULL
 );
+-- Every data key a client has registered: after a rotation, requests a run encrypted
+-- under the previous key are still accepted (clients.data_key_id is the newest).
+CREATE TABLE IF NOT EXISTS client_data_keys (
+    client_id TEXT NOT NULL,
+    data_key_id TEXT NOT NULL,
+    PRIMARY KEY (client_id, data_key_id)
+);
 -- A rowid table on purpose: ciphertext is appended in arrival order and only the small
 -- primary-key index takes the random inserts of the keyed hashes. Clustering the table
 -- on the hash (WITHOUT ROWID) made each commit write about twice as many pages.
@@ -109,7 +116,7 @@ class Client:
     public_key: rsa.RSAPublicKey
     institution_id: str
     ant_institution_id: str
-    data_key_id: str
+    data_key_ids: frozenset[str]  # every data key it registered, the newest included
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +203,10 @@ class Store:
                 "INSERT OR REPLACE INTO data_keys VALUES (?, ?)",
                 (registration.data_key_id, registration.data_key),
             )
+            self._db.execute(
+                "INSERT OR IGNORE INTO client_data_keys VALUES (?, ?)",
+                (registration.client_id, registration.data_key_id),
+            )
             self._db.executemany(
                 "INSERT OR IGNORE INTO grants VALUES (?, ?)",
                 [(registration.institution_id, uuid) for uuid in registration.grants],
@@ -231,8 +242,11 @@ class Store:
         return cursor.rowcount > 0
 
     def _load_registrations(self) -> None:
+        key_ids: dict[str, set[str]] = {}
+        for client_id, data_key_id in self._db.execute("SELECT client_id, data_key_id FROM client_data_keys"):
+            key_ids.setdefault(client_id, set()).add(data_key_id)
         self.clients = {
-            row[0]: Client(row[0], _public_key(row[1]), row[2], row[3], row[4])
+            row[0]: Client(row[0], _public_key(row[1]), row[2], row[3], frozenset({row[4], *key_ids.get(row[0], ())}))
             for row in self._db.execute("SELECT * FROM clients")
         }
         self.grants = {(row[0], row[1]) for row in self._db.execute("SELECT * FROM grants")}

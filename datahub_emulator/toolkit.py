@@ -7,7 +7,13 @@
 It creates the client's RSA key pair, a client id and a data key, writes them to
 keys.properties (mode 0600, atomically) and registers the client, its grants and the
 datasets' schemas with the endpoint. Run again, it reuses the keys and only
-re-registers, unless --rotate. Registering takes the endpoint's admin token: give
+re-registers, unless --rotate (every key new: a new client).
+
+    python -m datahub_emulator.toolkit rotate-data-key --keys keys.properties
+
+gives the client a new data key (gendk.sh): a new dataKeyId and dataKey, registered,
+then written to keys.properties. Runs started before keep sending under the previous
+key, which the client keeps registered. Registering takes the endpoint's admin token: give
 --admin-token-file (the endpoint writes DB.admin-token next to its database) or set
 $DATAHUB_EMULATOR_ADMIN_TOKEN.
 """
@@ -112,6 +118,17 @@ def init_keys(
     )
 
 
+def rotate_data_key(keys_path: Path, admin_token: str | None = None) -> str:
+    """A new data key for the client of `keys_path`, registered, then written; returns the
+    new dataKeyId. Registered first: a run that reads the file from then on finds a key
+    the endpoint already accepts."""
+    keys = _existing_keys(Path(keys_path))
+    rotated = {**keys, "dataKeyId": secrets.token_hex(16), "dataKey": _b64(secrets.token_bytes(DATA_KEY_BYTES))}
+    register(rotated, (), admin_token)
+    write_properties(Path(keys_path), rotated)
+    return rotated["dataKeyId"]
+
+
 def _existing_keys(path: Path) -> dict[str, str]:
     keys = read_properties(path)
     missing = [name for name in _SECRET_FIELDS if not keys.get(name)]
@@ -209,13 +226,20 @@ def main(argv: list[str] | None = None) -> None:
     init.add_argument("--ant-institution-id", required=True)
     init.add_argument("--schema", type=Path, action="append", required=True, help="a dataset's schema, JSON")
     init.add_argument("--rotate", action="store_true", help="new keys even if the file exists")
-    init.add_argument(
-        "--admin-token-file",
-        type=Path,
-        help="the endpoint's admin token (default: $DATAHUB_EMULATOR_ADMIN_TOKEN)",
-    )
+    rotate = commands.add_parser("rotate-data-key", help="give the client of a keys.properties a new data key")
+    rotate.add_argument("--keys", type=Path, required=True, help="keys.properties")
+    for command in (init, rotate):
+        command.add_argument(
+            "--admin-token-file",
+            type=Path,
+            help="the endpoint's admin token (default: $DATAHUB_EMULATOR_ADMIN_TOKEN)",
+        )
     args = parser.parse_args(argv)
     admin_token = args.admin_token_file.read_text().strip() if args.admin_token_file else None
+    if args.command == "rotate-data-key":
+        rotate_data_key(args.keys, admin_token)
+        print(f"a new data key is registered and written to {args.keys}")
+        return
     info = init_keys(
         endpoint=args.endpoint,
         out=args.out,

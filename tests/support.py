@@ -82,6 +82,7 @@ class NoSendClient:
     any attempt to get ready or to send fails the run."""
 
     endpoint = "nowhere"
+    key_id = ""
 
     def start(self) -> None:
         raise AssertionError("this run was expected to send nothing")

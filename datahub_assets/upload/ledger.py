@@ -30,6 +30,9 @@ ledger_table = sa.Table(
     sa.Column("first_sent_at", sa.Float),
     sa.Column("last_sent_at", sa.Float),
     sa.Column("acked_at", sa.Float),
+    # The data key of the latest attempt (its id, not the key): which batches a rotation,
+    # or a leaked key, concerns.
+    sa.Column("data_key_id", sa.Text),
 )
 
 
@@ -40,6 +43,7 @@ class LedgerEntry:
     status: BatchStatus
     result_code: str | None
     attempts: int
+    data_key_id: str | None = None
 
 
 class Ledger:
@@ -54,13 +58,14 @@ class Ledger:
         t = ledger_table
         now = sa.bindparam("now", type_=sa.Float)
         content_hash = sa.bindparam("content_hash", type_=sa.String)
+        key_id = sa.bindparam("key_id", type_=sa.Text)
         self._mark_sending = insert(engine, t).values(
             data_uuid=sa.bindparam("data_uuid", type_=sa.String), day=sa.bindparam("day", type_=sa.String),
             batch_no=sa.bindparam("batch_no", type_=sa.Integer), content_hash=content_hash,
-            status=BatchStatus.IN_FLIGHT.value, attempts=1, first_sent_at=now, last_sent_at=now,
+            status=BatchStatus.IN_FLIGHT.value, attempts=1, first_sent_at=now, last_sent_at=now, data_key_id=key_id,
         ).on_conflict_do_update(
             index_elements=["data_uuid", "day", "batch_no"],
-            set_={"content_hash": content_hash, "status": BatchStatus.IN_FLIGHT.value, "attempts": t.c.attempts + 1, "last_sent_at": now, "acked_at": None},
+            set_={"content_hash": content_hash, "status": BatchStatus.IN_FLIGHT.value, "attempts": t.c.attempts + 1, "last_sent_at": now, "acked_at": None, "data_key_id": key_id},
         )
         self._record_result = (
             sa.update(t)
@@ -77,19 +82,22 @@ class Ledger:
 
     def entries(self, data_uuid: str, day: str, batches: range | None = None) -> dict[int, LedgerEntry]:
         t = ledger_table
-        query = sa.select(t.c.batch_no, t.c.content_hash, t.c.status, t.c.result_code, t.c.attempts).where(
+        query = sa.select(t.c.batch_no, t.c.content_hash, t.c.status, t.c.result_code, t.c.attempts, t.c.data_key_id).where(
             t.c.data_uuid == data_uuid, t.c.day == day
         )
         if batches is not None:
             query = query.where(t.c.batch_no >= batches.start, t.c.batch_no < batches.stop)
         with self._engine.connect() as conn:
             return {
-                r.batch_no: LedgerEntry(r.batch_no, r.content_hash, BatchStatus(r.status), r.result_code, r.attempts)
+                r.batch_no: LedgerEntry(
+                    r.batch_no, r.content_hash, BatchStatus(r.status), r.result_code, r.attempts, r.data_key_id
+                )
                 for r in conn.execute(query)
             }
 
     def mark_sending(
-        self, data_uuid: str, day: str, batch_no: int, content_hash: str, lease: RangeLease | None = None
+        self, data_uuid: str, day: str, batch_no: int, content_hash: str, lease: RangeLease | None = None,
+        key_id: str = "",
     ) -> None:
         """Written before each attempt, so a crash leaves the batch visibly in flight.
 
@@ -97,7 +105,10 @@ class Ledger:
         (LeaseLostError otherwise), so an uploader that lost its range records, and
         therefore sends, nothing more.
         """
-        params = {"data_uuid": data_uuid, "day": day, "batch_no": batch_no, "content_hash": content_hash, "now": time.time()}
+        params = {
+            "data_uuid": data_uuid, "day": day, "batch_no": batch_no, "content_hash": content_hash, "now": time.time(),
+            "key_id": key_id or None,
+        }
         with self._engine.begin() as conn:
             if lease is not None:
                 lease.renew_in(conn)

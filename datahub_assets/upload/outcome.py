@@ -41,6 +41,12 @@ class UploadClient(Protocol):
         """Where requests go, for messages (no secret)."""
         ...
 
+    @property
+    def key_id(self) -> str:
+        """The data key the rows are encrypted under (its id, which requests carry in the
+        clear), recorded per batch in the ledger; "" when the SDK does not say."""
+        ...
+
     def start(self) -> None:
         """Get ready to send; a configuration error surfaces here, before anything is recorded."""
         ...

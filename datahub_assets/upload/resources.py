@@ -33,7 +33,29 @@ def create_delivery_engine(url: str) -> sa.Engine:
         engine = create_engine(url, pool_size=16, max_overflow=8, pool_pre_ping=True)
     _create_tables(engine)
     _widen_partner_text(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+# Columns added since the first release, created on databases that predate them.
+ADDED_COLUMNS = {"upload_ledger": ("data_key_id",)}
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for each added column a database lacks (nullable, so no
+    row is rewritten). Idempotent; a concurrent uploader adding it first is fine."""
+    for table, columns in ADDED_COLUMNS.items():
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table)}
+        for name in columns:
+            if name in present:
+                continue
+            column_type = metadata.tables[table].c[name].type.compile(engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {column_type}'))
+            except sa.exc.DBAPIError:
+                if name not in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
+                    raise
 
 
 # Columns that hold text the partner sends, unbounded in the schema; databases created

@@ -150,7 +150,9 @@ def open_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STAND
                 f"{p} (DATAHUB_KEYS_PATH) lacks {', '.join(missing)}: re-run the partner's toolkit to write a "
                 "complete file"
             )
-        return KeysFile(str(p), fd, {"endpoint": present.get("endpoint", "")})
+        # Only what is no secret: where requests go, and the data key's id (which every
+        # request carries in the clear).
+        return KeysFile(str(p), fd, {name: present.get(name, "") for name in ("endpoint", "dataKeyId")})
     except BaseException:
         os.close(fd)
         raise
@@ -359,6 +361,11 @@ class DataHubSdkResource(dg.ConfigurableResource):
     def endpoint(self) -> str:
         """The partner endpoint keys.properties names (no secret), for messages."""
         return self._endpoint
+
+    @property
+    def key_id(self) -> str:
+        """The dataKeyId of the keys file this run opened (a rotation applies from the next run)."""
+        return self._keys.settings.get("dataKeyId", "") if self._keys is not None else ""
 
     def _all_jvm_options(self) -> list[str]:
         if not self.trust_store:

@@ -185,7 +185,9 @@ class RangeSender:
             calls += 1
             # Marked before the wait, so nothing but the SDK call sits between the slot
             # and the request: that keeps arrivals at the partner as evenly spaced as the slots.
-            self._ledger.mark_sending(self._data_uuid, self._day, batch.number, batch.content_hash, self._lease)
+            self._ledger.mark_sending(
+                self._data_uuid, self._day, batch.number, batch.content_hash, self._lease, self._client.key_id
+            )
             outcome = self._send_in_slot(batch, alone=alone and calls == 1)
             self._ledger.record_result(
                 self._data_uuid, self._day, batch.number, outcome.status, outcome.code, outcome.trace_id
