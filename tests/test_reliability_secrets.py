@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import yaml
 import polars as pl
 import sqlalchemy as sa
 from support import DAY, Day, write_contract
@@ -99,11 +100,8 @@ def hits(needles: dict[str, str] | list[str], haystacks: dict[str, str | bytes])
     return found
 
 
-def test_a_delivered_day_leaves_no_raw_value_and_no_secret_behind(
-    tmp_path, sdk_jar, keys_file, datahub_endpoint, pg_url
-):  # noqa: ANN001
-    token = secrets.token_hex(4).upper()
-    source, values = distinctive_source(token)
+def postgres_dagster_home(tmp_path: Path, pg_url: str) -> Path:
+    """A DAGSTER_HOME whose instance keeps runs, events and logs' records in Postgres."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     db = pg_url.rsplit("/", 1)[1]
@@ -113,6 +111,15 @@ def test_a_delivered_day_leaves_no_raw_value_and_no_secret_behind(
         "      scheme: postgresql+psycopg2\n"
         "telemetry:\n  enabled: false\n"
     )
+    return home
+
+
+def test_a_delivered_day_leaves_no_raw_value_and_no_secret_behind(
+    tmp_path, sdk_jar, keys_file, datahub_endpoint, pg_url
+):  # noqa: ANN001
+    token = secrets.token_hex(4).upper()
+    source, values = distinctive_source(token)
+    home = postgres_dagster_home(tmp_path, pg_url)
     contracts = write_contract(tmp_path / "contracts", batch_ranges=2)
     with dg.instance_for_test() as scratch:  # only to build the settings; the run uses DAGSTER_HOME
         day = Day(tmp_path, sdk_jar, keys_file, pg_url, scratch, contracts)  # ledger in the same database
@@ -209,3 +216,52 @@ def test_a_keys_file_others_can_read_or_a_missing_one_stops_the_upload_before_an
         assert f"not found at {missing}" in run_error(result, "KeysFileError")[1].message
 
     assert datahub_endpoint.stats()["requests"] == 0 and day.ledger() == {}
+
+
+def test_a_nasty_day_leaves_no_raw_value_and_no_secret_behind(tmp_path, sdk_jar, keys_file, datahub_endpoint, pg_url):
+    """Two failures whose messages used to quote data, on a Postgres-backed instance: a
+    landing file without its header row (its first record would become "column names"),
+    and a contract whose expression tries to read the keys file."""
+    token = secrets.token_hex(4).upper()
+    source, values = distinctive_source(token)
+    home = postgres_dagster_home(tmp_path, pg_url)
+    files = write_contract(
+        tmp_path / "files", source={"kind": "files", "pattern": "user_profile/{date}.csv"}, batch_ranges=2
+    )
+    with dg.instance_for_test() as scratch:
+        day = Day(tmp_path, sdk_jar, keys_file, pg_url, scratch, files)
+    headerless = day.landing_dir / "user_profile" / f"{DAY}.csv"
+    headerless.parent.mkdir(parents=True)
+    source.drop_nulls("user_id").write_csv(headerless, include_header=False)
+    raw = yaml.safe_load((files / "user_profile.yaml").read_text())
+    raw["columns"][1] = {
+        "name": "userName", "type": "String",
+        "expression": f"user_name IN (SELECT column_1 FROM read_csv('{keys_file}'))",
+    }
+    reads_keys = tmp_path / "reads_keys"
+    reads_keys.mkdir()
+    (reads_keys / "user_profile.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    env = {**os.environ, **day.env(), "DAGSTER_HOME": str(home)}
+    runs = {
+        name: subprocess.run(
+            [sys.executable, str(WORKER), str(contracts), DAY, "--prepare", "--ranges", "all"],
+            env=env, capture_output=True, timeout=300,
+        )
+        for name, contracts in (("headerless", files), ("reads_keys", reads_keys))
+    }  # fmt: skip
+
+    assert runs["headerless"].returncode == 1 and b"SourceShapeError" in runs["headerless"].stderr
+    assert runs["reads_keys"].returncode != 0 and b"SELECT is not allowed" in runs["reads_keys"].stderr
+    assert datahub_endpoint.stats()["requests"] == 0
+    database = database_text(pg_url)
+    assert "STEP_FAILURE" in database["event_logs"]  # the failure was recorded, then searched
+    home_files = files_text(home)
+    assert len(hits(values, {"landing": headerless.read_bytes()})) > 0  # the search finds what is there
+    places = {
+        **{f"postgres:{t}": v for t, v in database.items()},
+        **{f"DAGSTER_HOME/{p}": v for p, v in home_files.items()},
+        **{f"{name}:{stream}": getattr(run, stream) for name, run in runs.items() for stream in ("stdout", "stderr")},
+    }
+    assert hits(values, places) == []
+    assert hits(secret_needles(keys_file), places) == []
