@@ -101,6 +101,7 @@ class Contract:
     max_reject_share: float
     max_row_count_change: float
     max_value_bytes: int
+    retention_days: int
     path: Path
 
     @property
@@ -188,6 +189,8 @@ class _ContractFile(_Strict):
     max_reject_share: float = Field(default=0.05, ge=0, le=1)
     max_row_count_change: float = Field(default=0.5, ge=0)
     max_value_bytes: int = Field(default=65536, gt=0, strict=True)
+    # Days of extracts, snapshots and quarantines the lake keeps; 0 keeps them forever.
+    retention_days: int = Field(default=30, ge=0, strict=True)
 
     @field_validator("start_date", mode="before")
     @classmethod
@@ -248,6 +251,7 @@ def load_contract(path: Path) -> Contract:
         max_reject_share=spec.max_reject_share,
         max_row_count_change=spec.max_row_count_change,
         max_value_bytes=spec.max_value_bytes,
+        retention_days=spec.retention_days,
         path=path,
     )
 

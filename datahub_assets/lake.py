@@ -1,5 +1,5 @@
 """Where each stage's Parquet files live, one folder per dataset; private to the user
-that runs the steps, and kept for `retention_days`."""
+that runs the steps, and kept for the contract's `retention_days`."""
 
 from __future__ import annotations
 
@@ -33,9 +33,6 @@ class DataLake(dg.ConfigurableResource):
     """
 
     root: str
-    # Days of extracts, snapshots and quarantines kept (`delete_older_than`); 0 keeps
-    # them forever.
-    retention_days: int = Field(default=0, ge=0)
 
     _saved_umask = PrivateAttr(default=None)
 
@@ -77,14 +74,16 @@ class DataLake(dg.ConfigurableResource):
 
     # --- retention ------------------------------------------------------------------------
 
-    def delete_older_than(self, dataset: str, today: str | dt.date) -> list[Path]:
+    def delete_older_than(self, dataset: str, today: str | dt.date, keep_days: int) -> list[Path]:
         """Remove the dataset's extracts, snapshots and quarantines of dates before
-        `today - retention_days`; return what was removed. Nothing with retention 0, and
-        nothing whose name is not a date."""
-        if self.retention_days == 0:
+        `today - keep_days` (the contract's `retention_days`); return what was removed.
+        Nothing with 0 days, and nothing whose name is not a date."""
+        if keep_days < 0:
+            raise ValueError("keep_days must be 0 (keep forever) or more")
+        if keep_days == 0:
             return []
         today = dt.date.fromisoformat(today) if isinstance(today, str) else today
-        cutoff = (today - dt.timedelta(days=self.retention_days)).isoformat()
+        cutoff = (today - dt.timedelta(days=keep_days)).isoformat()
         removed = []
         for stage in STAGES:
             folder = Path(self.root) / dataset / stage

@@ -1,5 +1,6 @@
 """The lake is private to the user that runs the steps (folders 0700, files 0600, also
-for files written by polars while the resource is set up) and keeps `retention_days`."""
+for files written by polars while the resource is set up) and keeps each contract's
+`retention_days`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from pydantic import ValidationError
+from support import DAY, Day, write_contract
 
+from datahub_assets.contract import ContractError, load_contract
 from datahub_assets.lake import DataLake
+from datahub_dev.synthetic import generate, write_table
 
 DATASET = "user_profile"
 
@@ -88,9 +91,9 @@ def test_retention_deletes_the_dates_older_than_the_setting_only(tmp_path):
     (root / "other_dataset" / "snapshot").mkdir(parents=True)
     (root / "other_dataset" / "snapshot" / "2020-01-01.parquet").write_text("kept: another dataset")
 
-    assert DataLake(root=str(root)).delete_older_than(DATASET, "2026-11-27") == []  # 0: forever
-    lake = DataLake(root=str(root), retention_days=30)
-    removed = lake.delete_older_than(DATASET, "2026-11-27")
+    lake = DataLake(root=str(root))
+    assert lake.delete_older_than(DATASET, "2026-11-27", keep_days=0) == []  # 0: forever
+    removed = lake.delete_older_than(DATASET, "2026-11-27", keep_days=30)
     assert sorted(str(p.relative_to(root)) for p in removed) == [
         f"{DATASET}/extract/2026-10-27", f"{DATASET}/quarantine/2026-10-27.parquet",
         f"{DATASET}/snapshot/2026-10-27.parquet",
@@ -100,9 +103,26 @@ def test_retention_deletes_the_dates_older_than_the_setting_only(tmp_path):
         + [f"{DATASET}/{s}/{d}.parquet" for s in ("quarantine", "snapshot") for d in ("2026-10-28", "2026-11-25", "2026-11-26")]
         + [f"{DATASET}/snapshot/notes.txt", "other_dataset/snapshot/2020-01-01.parquet"]
     )
-    assert lake.delete_older_than(DATASET, "2026-11-27") == []  # idempotent
+    assert lake.delete_older_than(DATASET, "2026-11-27", keep_days=30) == []  # idempotent
 
 
-def test_a_negative_retention_is_refused():
-    with pytest.raises(ValidationError, match="greater than or equal to 0"):
-        DataLake(root="/nowhere", retention_days=-1)
+def test_a_negative_retention_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="keep_days"):
+        DataLake(root=str(tmp_path)).delete_older_than(DATASET, "2026-11-27", keep_days=-1)
+    with pytest.raises(ContractError, match="retention_days"):
+        load_contract(write_contract(tmp_path / "contracts", retention_days=-1) / "user_profile.yaml")
+
+
+def test_building_a_snapshot_removes_the_dates_past_the_contracts_retention(tmp_path):
+    with dg.instance_for_test() as instance:
+        contracts = write_contract(tmp_path / "contracts", retention_days=3)
+        day = Day(tmp_path, tmp_path / "no-sdk.jar", tmp_path / "no-keys", f"sqlite:///{tmp_path / 'd.db'}", instance, contracts)
+        root = Path(day.lake.root)
+        old, kept = "2026-11-22", "2026-11-23"  # DAY is 2026-11-26: 2026-11-23 is the oldest of the window
+        _day_files(root, [old, kept])
+        write_table(generate(200, DAY), day.source_url)
+        day.prepare()
+
+    left = _left(root)
+    assert not [p for p in left if old in p]
+    assert {f"{DATASET}/snapshot/{kept}.parquet", f"{DATASET}/snapshot/{DAY}.parquet"} <= set(left)

@@ -111,5 +111,12 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
                 metadata={"previous_rows": -1, "rows": stats.snapshot_rows},
                 description="No previous day to compare with.",
             )
+        # Retention: the dates this one puts past the contract's window leave the lake.
+        removed = lake.delete_older_than(contract.dataset, day, contract.retention_days)
+        if removed:
+            context.log.info(
+                "retention (%d days): removed %d extract, snapshot and quarantine entries of older dates",
+                contract.retention_days, len(removed),
+            )
 
     return _snapshot
