@@ -19,7 +19,9 @@ import yaml
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR
-from datahub_assets.definitions import build_dataset_assets
+from datahub_assets.definitions import PART_RESOURCES, build_dataset_assets
+from datahub_assets.locations import deliver as deliver_location
+from datahub_assets.locations import prepare as prepare_location
 from datahub_assets.resources import RESOURCE_ENV
 from datahub_assets.upload.assets import UPLOAD_POOL
 
@@ -158,45 +160,79 @@ def test_helm_storage_is_external_postgres_with_the_psycopg2_driver(helm_values)
     assert pg["postgresqlPassword"] == "" and helm_values["generatePostgresqlPasswordSecret"] is False
 
 
-def test_helm_runs_each_run_in_its_own_pod_with_the_platform_settings(helm_values):
+# Every credential comes from a Secret, never as a literal in the values.
+SECRET_SETTINGS = {
+    "DATAHUB_DELIVERY_DB_URL",
+    "DATAHUB_SOURCE_DB_URL",
+    "DATAHUB_LANDING_URL",
+    "DATAHUB_SFTP_KNOWN_HOSTS",  # pins the server's identity: changed only with the credentials
+    "DATAHUB_SFTP_PASSWORD",
+    "DATAHUB_SFTP_KEY_PATH",
+    "DATAHUB_SLACK_TOKEN",
+    "DATAHUB_ALERT_WEBHOOK_URL",
+}
+
+
+def _part_settings(part: str) -> set[str]:
+    return {var for key in PART_RESOURCES[part] for var in RESOURCE_ENV[key][1].values()}
+
+
+def test_helm_runs_each_run_in_its_own_pod_with_only_its_parts_settings(helm_values):
     assert helm_values["runLauncher"]["type"] == "K8sRunLauncher"
     assert helm_values["runLauncher"]["config"]["k8sRunLauncher"]["resources"]["requests"]
+    # No setting reaches every run pod through the launcher itself.
+    launcher = helm_values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert not launcher["envSecrets"] and not launcher["envVars"] and not launcher["volumes"]
 
-    (deployment,) = helm_values["dagster-user-deployments"]["deployments"]
-    args = deployment["dagsterApiGrpcArgs"]
-    assert args[args.index("--module-name") + 1] == "datahub_assets.definitions"
-    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
-    assert "resources" not in deployment  # would override the run pods' sizing
+    deployments = {d["name"]: d for d in helm_values["dagster-user-deployments"]["deployments"]}
+    assert set(deployments) == {"datahub-prepare", "datahub-deliver"}
+    envs = {}
+    for part in ("prepare", "deliver"):
+        deployment = deployments[f"datahub-{part}"]
+        args = deployment["dagsterApiGrpcArgs"]
+        assert args[args.index("--module-name") + 1] == f"datahub_assets.locations.{part}"
+        assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
+        assert "resources" not in deployment  # would override the run pods' sizing
+        pod, container = deployment["podSecurityContext"], deployment["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0 and pod["fsGroup"] > 0
+        assert container["runAsNonRoot"] is True and container["allowPrivilegeEscalation"] is False
 
-    env = {e["name"]: e for e in deployment["env"]}
-    needed = {var for _, fields in RESOURCE_ENV.values() for var in fields.values()}
-    assert needed and needed <= set(env), needed - set(env)
-    # Every credential comes from the Secret, never as a literal in the values.
-    secrets = {
-        "DATAHUB_DELIVERY_DB_URL",
-        "DATAHUB_SOURCE_DB_URL",
-        "DATAHUB_LANDING_URL",
-        "DATAHUB_SFTP_KNOWN_HOSTS",  # pins the server's identity: changed only with the credentials
-        "DATAHUB_SFTP_PASSWORD",
-        "DATAHUB_SFTP_KEY_PATH",
-        "DATAHUB_SLACK_TOKEN",
-        "DATAHUB_ALERT_WEBHOOK_URL",
-    }
-    for name in secrets & needed:
-        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["key"] == name
-    for name in needed - secrets:
-        assert "valueFrom" not in env[name], f"{name}: a setting, not a secret"
+        env = envs[part] = {e["name"]: e for e in deployment["env"]}
+        # Exactly the part's settings: its run pods get no other part's secret.
+        assert set(env) == _part_settings(part), set(env) ^ _part_settings(part)
+        for name in SECRET_SETTINGS & set(env):
+            assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["key"] == name
+        for name in set(env) - SECRET_SETTINGS:
+            assert "valueFrom" not in env[name], f"{name}: a setting, not a secret"
+        mounts = {m["name"]: m for m in deployment["volumeMounts"]}
+        assert mounts["datahub-lake"]["mountPath"] == env["DATAHUB_DATA_DIR"]["value"]
+    # Together the parts set every setting the platform reads.
+    assert set(envs["prepare"]) | set(envs["deliver"]) == {v for _, f in RESOURCE_ENV.values() for v in f.values()}
+    assert not {"DATAHUB_KEYS_PATH", "DATAHUB_DELIVERY_DB_URL"} & set(envs["prepare"])
+    assert not {"DATAHUB_SOURCE_DB_URL", "DATAHUB_LANDING_URL", "DATAHUB_SFTP_PASSWORD"} & set(envs["deliver"])
 
-    # keys.properties: a Secret volume, mode 0400, mounted where DATAHUB_KEYS_PATH points.
-    volumes = {v["name"]: v for v in deployment["volumes"]}
-    mounts = {m["name"]: m for m in deployment["volumeMounts"]}
+    # keys.properties: only in the deliver pods, a Secret volume mounted where
+    # DATAHUB_KEYS_PATH points, root-owned and readable by the pod's fsGroup only.
+    assert "datahub-keys" not in {v["name"] for v in deployments["datahub-prepare"]["volumes"]}
+    deliver = deployments["datahub-deliver"]
+    volumes = {v["name"]: v for v in deliver["volumes"]}
+    mounts = {m["name"]: m for m in deliver["volumeMounts"]}
     keys = volumes["datahub-keys"]["secret"]
-    assert keys["defaultMode"] == 0o400
+    assert keys["defaultMode"] == 0o440
     # Mounted as the file itself (subPath): in a Secret folder the file is a symlink,
     # which the SDK resource refuses.
     assert mounts["datahub-keys"]["subPath"] == keys["items"][0]["path"]
-    assert mounts["datahub-keys"]["mountPath"] == env["DATAHUB_KEYS_PATH"]["value"] and mounts["datahub-keys"]["readOnly"]
-    assert mounts["datahub-lake"]["mountPath"] == env["DATAHUB_DATA_DIR"]["value"]
+    assert mounts["datahub-keys"]["mountPath"] == envs["deliver"]["DATAHUB_KEYS_PATH"]["value"]
+    assert mounts["datahub-keys"]["readOnly"]
+
+
+def test_each_code_location_holds_its_parts_assets_and_resources_only():
+    prepare, deliver = prepare_location.defs, deliver_location.defs
+    assert set(prepare.resources) == set(PART_RESOURCES["prepare"])
+    assert set(deliver.resources) == set(PART_RESOURCES["deliver"])
+    keys = {name: {a.key.to_user_string() for a in d.assets} for name, d in (("prepare", prepare), ("deliver", deliver))}
+    assert keys == {"prepare": {"user_profile_extract", "user_profile_snapshot"}, "deliver": {"user_profile_uploaded"}}
+    assert not deliver.schedules and not prepare.sensors and deliver.sensors
 
 
 @pytest.mark.parametrize("component", ["dagsterWebserver", "dagsterDaemon"])

@@ -526,13 +526,22 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
 
 
 def test_dagster_validates_the_definitions_without_any_setting(tmp_path: Path):
+    """The one-machine location, and the two Kubernetes locations loaded side by side (the
+    deliver location's uploaded asset depends on the prepare location's snapshot)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAHUB_")}
     env["DAGSTER_HOME"] = str(tmp_path)
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", "datahub_assets.definitions"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    (tmp_path / "two_locations.yaml").write_text(
+        "load_from:\n"
+        "  - python_module: {module_name: datahub_assets.locations.prepare, location_name: prepare}\n"
+        "  - python_module: {module_name: datahub_assets.locations.deliver, location_name: deliver}\n"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    dagster = str(Path(sys.executable).parent / "dagster")
+    for target in (["-m", "datahub_assets.definitions"], ["-w", str(tmp_path / "two_locations.yaml")]):
+        result = subprocess.run(
+            [dagster, "definitions", "validate", *target],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_at_half_past_nine_a_stall_is_flagged_stalled_and_at_risk_each_once(platform: Platform, receiver: Receiver):

@@ -4,8 +4,12 @@ can change), and the SDK reads those same bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -110,3 +114,46 @@ def test_the_sdk_reads_the_bytes_that_were_checked_not_the_file_now_at_the_path(
                 fresh.start()
         finally:
             fresh.teardown_after_execution(context)
+
+
+@contextlib.contextmanager
+def acting_as(uid: int, gid: int) -> Iterator[None]:
+    """This process's effective user and group, for the checks that read them."""
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing the effective user needs root")
+@pytest.mark.parametrize(
+    ("group", "mode", "accepted"),
+    [
+        (OTHER_UID, 0o440, True),  # a Kubernetes Secret: root-owned, the pod's fsGroup may read
+        (OTHER_UID, 0o400, False),  # the uploader cannot read it
+        (OTHER_UID, 0o460, False),  # the group may write
+        (OTHER_UID, 0o444, False),  # others may read
+        (0, 0o440, False),  # root's group, not the uploader's
+    ],
+)
+def test_a_non_root_uploader_accepts_a_root_owned_file_only_its_own_group_may_read(
+    keys_file, group, mode, accepted
+):
+    folder = Path(tempfile.mkdtemp(prefix="k8s-secret-"))  # root-owned, 0755, like a Secret's mount
+    try:
+        folder.chmod(0o755)
+        path = folder / "keys.properties"
+        write_properties(path, read_properties(keys_file))
+        os.chown(path, 0, group)
+        path.chmod(mode)
+        with acting_as(OTHER_UID, OTHER_UID):
+            if accepted:
+                open_keys_file(str(path)).close()
+            else:
+                with pytest.raises(KeysFileError, match="DATAHUB_KEYS_PATH"):
+                    open_keys_file(str(path))
+    finally:
+        shutil.rmtree(folder)

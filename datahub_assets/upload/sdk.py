@@ -83,6 +83,26 @@ def _check_folder(folder: Path, dir_fd: int) -> None:
         )
 
 
+def _check_file(p: Path, st: os.stat_result) -> None:
+    """Private to the user that uploads: owned by them with no group or other bits; or
+    owned by root and readable by their own group only (a Kubernetes Secret mounted in a
+    pod whose fsGroup is that group, defaultMode 0440), which no other user can change."""
+    uid, gid, mode = os.geteuid(), os.getegid(), stat.S_IMODE(st.st_mode)
+    if st.st_uid == uid and not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return
+    shared_by_root = uid != 0 and st.st_uid == 0 and st.st_gid == gid
+    if shared_by_root and not mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
+        return
+    if st.st_uid not in (uid, 0):
+        raise _keys_error(p, f"is owned by another user (uid {st.st_uid})", f"run `chown {uid} {p}` (the user that uploads)")
+    if st.st_uid == 0 and uid != 0 and st.st_gid != gid:
+        raise _keys_error(
+            p, f"is owned by root with another group (gid {st.st_gid})",
+            f"give it the uploading user's group {gid} (a Kubernetes pod's fsGroup), mode 440",
+        )
+    raise _keys_error(p, f"is accessible by group or others (mode {mode:o})", f"run `chmod 600 {p}`")
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     while chunk := os.read(fd, 65536):
@@ -92,8 +112,8 @@ def _read_all(fd: int) -> bytes:
 
 def open_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STANDIN_KEYS) -> KeysFile:
     """Open keys.properties without following a symlink and refuse it unless it is a
-    regular file owned by this user, private to them (no group or other bits), in a folder
-    only they (or root) can change, holding every required key. The checks run on the
+    regular file private to this user (`_check_file`), in a folder only they (or root)
+    can change, holding every required key. The checks run on the
     open descriptors, so nothing can swap the file between the check and the read."""
     p = Path(path)
     folder = p.parent
@@ -110,6 +130,11 @@ def open_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STAND
                 fd = os.open(p.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
             except FileNotFoundError:
                 fd = -1
+            except PermissionError:
+                raise _keys_error(
+                    p, f"cannot be read by the user that uploads (uid {os.geteuid()})",
+                    "make it theirs (mode 600), or on Kubernetes readable by the pod's fsGroup (mode 440)",
+                ) from None
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise _keys_error(p, "is a symbolic link", "point DATAHUB_KEYS_PATH at the file itself") from None
@@ -128,15 +153,7 @@ def open_keys_file(path: str, required_keys: tuple[str, ...] | list[str] = STAND
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _keys_error(p, "is not a regular file", "point DATAHUB_KEYS_PATH at the file the toolkit wrote")
-        uid = os.geteuid()
-        if st.st_uid != uid:
-            raise _keys_error(
-                p, f"is owned by another user (uid {st.st_uid})", f"run `chown {uid} {p}` (the user that uploads)"
-            )
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise _keys_error(
-                p, f"is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o})", f"run `chmod 600 {p}`"
-            )
+        _check_file(p, st)
         os.set_blocking(fd, True)
         present = {}
         for line in _read_all(fd).decode("utf-8", errors="replace").splitlines():
