@@ -40,7 +40,7 @@ def build_dataset_assets(contracts_dir: Path) -> list[dg.AssetsDefinition]:
 Part = Literal["prepare", "deliver"]
 PART_RESOURCES: dict[Part, tuple[str, ...]] = {
     "prepare": ("lake", "source_db", "landing"),
-    "deliver": ("lake", "delivery_db", "sdk", "notifier"),
+    "deliver": ("lake", "delivery_db", "sdk", "notifier", "watch_clock"),
 }
 
 

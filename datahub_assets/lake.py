@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600

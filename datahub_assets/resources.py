@@ -14,6 +14,7 @@ import dagster as dg
 
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
 from datahub_assets.lake import DataLake
+from datahub_assets.monitoring.clock import WatchClock
 from datahub_assets.monitoring.notifier import Notifier
 from datahub_assets.upload.resources import DeliveryDatabase
 from datahub_assets.upload.sdk import DataHubSdkResource
@@ -44,6 +45,8 @@ RESOURCE_ENV: Mapping[str, tuple[type[dg.ConfigurableResource], Mapping[str, str
             "webhook_url": "DATAHUB_ALERT_WEBHOOK_URL",
         },
     ),
+    # Empty in production; a frozen time for rehearsals and tests of the watch.
+    "watch_clock": (WatchClock, {"frozen_at": "DATAHUB_WATCH_FROZEN_AT"}),
 }
 
 

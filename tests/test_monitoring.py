@@ -24,6 +24,7 @@ from datahub_assets.definitions import build_dataset_assets, build_definitions
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
 from datahub_dev.synthetic import generate, write_table
 from datahub_assets.lake import DataLake
+from datahub_assets.monitoring.clock import WatchClock
 from datahub_assets.monitoring.notifier import Notifier
 from datahub_assets.automation.daily import (
     FAN_OUT_TAG,
@@ -44,7 +45,7 @@ from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch
 from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM, batch_slice, range_keys
 from datahub_assets.upload.ledger import Ledger, ledger_table
 from datahub_assets.upload.resources import DeliveryDatabase, create_delivery_engine
-from support import NoSendClient, Receiver, write_contract
+from support import NoSendClient, Receiver, environment_of, write_contract
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = DEFAULT_CONTRACTS_DIR
@@ -139,9 +140,11 @@ class Platform:
             time.sleep(0.05)
 
     def tick(self, watch: Watch, now: datetime, cursor: str | None = None, lookback_days: int = 1) -> dg.SensorResult:
-        """One sensor tick at `now`; its check results are stored as the sensor daemon does."""
-        sensor = build_watch_sensor(watch, [CONTRACT], clock=lambda: now, lookback_days=lookback_days)
-        with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=self.resources) as context:
+        """One sensor tick at `now` (the watch clock frozen by configuration); its check
+        results are stored as the sensor daemon does."""
+        sensor = build_watch_sensor(watch, [CONTRACT], lookback_days=lookback_days)
+        resources = {**self.resources, "watch_clock": WatchClock(frozen_at=now.isoformat())}
+        with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=resources) as context:
             result = sensor(context)
         for event in result.asset_events:
             self.instance.report_runless_asset_event(event)
@@ -303,8 +306,11 @@ def test_the_ui_shows_each_sensor_result_on_the_uploaded_asset(platform: Platfor
 def test_executing_the_checks_by_hand_evaluates_like_the_sensors(platform: Platform, receiver: Receiver):
     platform.write_snapshot(DAY, DAY_ROWS)
     platform.deliver(DAY, KEYS[:30])
-    checks = build_delivery_checks(CONTRACT, clock=lambda: on_due_day(10, 1), lookback_days=1)
-    resources = {k: platform.resources[k] for k in ("delivery_db", "lake")}
+    checks = build_delivery_checks(CONTRACT, lookback_days=1)
+    resources = {
+        **{k: platform.resources[k] for k in ("delivery_db", "lake")},
+        "watch_clock": WatchClock(frozen_at=on_due_day(10, 1).isoformat()),
+    }
 
     run = dg.materialize(
         [checks], selection=dg.AssetSelection.checks(checks), instance=platform.instance, resources=resources
@@ -614,3 +620,25 @@ def test_a_date_nothing_was_started_for_is_not_alerted_on_the_first_tick(platfor
     platform.tick(LATE, on_due_day(10, 3), first.cursor, lookback_days=2)
     assert [a["date"] for a in receiver.webhook_alerts()] == [DAY]  # still only DAY, once
     assert len(receiver.slack_messages()) == 1
+
+
+@pytest.mark.parametrize(("frozen_at", "late"), [("2026-11-26T09:59:00+08:00", False), ("2026-11-26T10:01:00+08:00", True)])
+def test_the_deployed_sensor_judges_at_the_time_configuration_freezes(
+    platform: Platform, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, frozen_at: str, late: bool
+):
+    """The platform's own definitions, configured through the environment alone."""
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.deliver(DAY, KEYS[:30])
+    for name, value in {**environment_of(platform.resources), "DATAHUB_WATCH_FROZEN_AT": frozen_at}.items():
+        monkeypatch.setenv(name, value)
+    defs = build_definitions(CONTRACTS_DIR)
+
+    repository = defs.get_repository_def()
+    sensor = repository.get_sensor_def("delivery_late_sensor")
+    resources = {k: v for k, v in repository.get_top_level_resources().items() if k in sensor.required_resource_keys}
+    with dg.build_sensor_context(instance=platform.instance, resources=resources) as context:
+        (evaluation,) = sensor(context).asset_events
+
+    # DAY is late only from 10:00 (the dates before it, never started, are shown, not alerted).
+    assert (f"{DAY}: " in evaluation.description) is late
+    assert [a["date"] for a in receiver.webhook_alerts()] == ([DAY] if late else [])

@@ -26,6 +26,7 @@ from support import DAY, Day, endpoint_receipts, materialization_metadata, write
 
 from datahub_dev.synthetic import generate, write_table
 from datahub_assets.lake import DataLake
+from datahub_assets.monitoring.clock import WatchClock
 from datahub_assets.monitoring.notifier import Notifier
 from datahub_assets.monitoring.rules import FAILED
 from datahub_assets.monitoring.sensors import build_watch_sensor
@@ -54,23 +55,6 @@ def make_day(tmp_path: Path, sdk_jar: Path, keys_file: Path) -> Iterator[Callabl
             return day
 
         yield make
-
-
-def acked(day: Day) -> int:
-    engine = create_delivery_engine(day.delivery_url)
-    try:
-        with engine.connect() as conn:
-            t = ledger_table
-            return conn.execute(sa.select(sa.func.count()).where(t.c.status == "S")).scalar_one()
-    finally:
-        engine.dispose()
-
-
-def wait_for_acks(day: Day, n: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while acked(day) < n:
-        assert time.monotonic() < deadline, f"fewer than {n} batches acknowledged in {timeout_s} s"
-        time.sleep(0.02)
 
 
 def trace_ids(day: Day) -> dict[int, str]:
@@ -157,42 +141,45 @@ def test_a_20_s_outage_is_ridden_out_within_the_retry_budget(make_day, datahub_e
     day = make_day(3_000, pg_url)  # 30 batches, ledger on PostgreSQL
     window: dict[str, float] = {}
 
-    def outage() -> None:
-        wait_for_acks(day, 5)
-        # Starts a moment from now: every request arriving inside the window meets it.
-        window["start"] = time.time() + 0.5
+    def outage_from_the_first_batch() -> None:
+        # On as soon as the first batch is marked in flight: the 30 batches take at least
+        # 1.5 s at the cap, so most of the range meets the outage however slow the start.
+        deadline = time.monotonic() + 300
+        while not day.ledger():
+            assert time.monotonic() < deadline, "the upload never started"
+            time.sleep(0.005)
+        window["start"] = time.time()
         window["end"] = window["start"] + 20.0
-        datahub_endpoint.faults(outages=[{"start": window["start"], "end": window["end"]}])
-        time.sleep(max(0.0, window["start"] - time.time()))
-        window["acks_at_start"] = acked(day)
+        datahub_endpoint.faults(outages=[window])
 
-    thread = threading.Thread(target=outage)
-    thread.start()
+    watcher = threading.Thread(target=outage_from_the_first_batch)
+    watcher.start()
     try:
         result = day.upload_range("0", {"retry_base_delay_s": 0.5})
     finally:
-        thread.join()
+        watcher.join()
 
     assert result.success
     figures = assert_ledger_and_partner_agree(day, datahub_endpoint)
     receipts = endpoint_receipts(datahub_endpoint.db_path)
     during = [r for r in receipts if window["start"] <= r["arrived_at"] < window["end"]]
     assert during and {(r["status"], r["code"]) for r in during} <= {("U", "UNKNOWN_EXCEPTION"), ("U", "THROTTLED")}
-    assert window["acks_at_start"] < figures["batches"]
-    assert max(r["arrived_at"] for r in receipts if r["status"] == "S") >= window["end"]
-    assert figures["max_attempts_seen"] >= 3  # some batch really rode through the outage
+    acked_after = [r for r in receipts if r["status"] == "S" and r["arrived_at"] >= window["end"]]
+    assert len(acked_after) > figures["batches"] // 2  # most of the range rode through the outage
+    assert figures["max_attempts_seen"] >= 3
     print("RELIABILITY outage", json.dumps({**figures, "requests_during_outage": len(during),
-                                              "acks_at_outage_start": window["acks_at_start"]}))  # fmt: skip
+                                              "acked_after_outage": len(acked_after)}))  # fmt: skip
 
 
 def failed_sensor_tick(day: Day) -> dg.AssetCheckEvaluation:
     """One tick of the failed sensor on the morning the day is due, as the daemon runs it."""
     now = datetime(2026, 11, 27, 8, 0, tzinfo=PARTNER_TZ)
-    sensor = build_watch_sensor(FAILED, [day.contract], clock=lambda: now, lookback_days=1)
+    sensor = build_watch_sensor(FAILED, [day.contract], lookback_days=1)
     resources = {
         "delivery_db": DeliveryDatabase(url=day.delivery_url),
         "lake": DataLake(root=day.lake.root),
         "notifier": Notifier(),  # no channel configured: sends nothing
+        "watch_clock": WatchClock(frozen_at=now.isoformat()),
     }
     with dg.build_sensor_context(instance=day.instance, resources=resources) as context:
         result = sensor(context)

@@ -7,14 +7,15 @@ shown twice:
   refuses is logged as an error and tried again on the next tick; the others are not
   sent the alert again.
 
-"Now" comes from an injectable clock, so a test can stand at 09:00 or 10:01 GMT+8.
+"Now" is the `watch_clock` resource's time, which configuration can freeze, so a test or
+a rehearsal can stand at 09:00 or 10:01 GMT+8.
 """
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
@@ -23,17 +24,16 @@ from datahub_assets.lake import DataLake
 from datahub_assets.monitoring.notifier import CHANNELS, Alert, Notifier
 from datahub_assets.monitoring.progress import read_watched_days
 from datahub_assets.monitoring.rules import WATCHES, CheckOutcome, Watch
-from datahub_assets.partitions import Stage, asset_key, partner_today, utc_now
+from datahub_assets.monitoring.clock import WatchClock
+from datahub_assets.partitions import Stage, asset_key, partner_today
 from datahub_assets.upload.resources import DeliveryDatabase
 
 DEFAULT_LOOKBACK_DAYS = 3  # business dates watched: the one due today and the two before
 WATCH_INTERVAL_S = 120
 
-Clock = Callable[[], datetime]
-
 
 def build_delivery_checks(
-    contract: Contract, *, clock: Clock = utc_now, lookback_days: int = DEFAULT_LOOKBACK_DAYS
+    contract: Contract, *, lookback_days: int = DEFAULT_LOOKBACK_DAYS
 ) -> dg.AssetChecksDefinition:
     """Declares the three checks on <dataset>_uploaded, so the UI shows the sensors' results.
 
@@ -48,9 +48,9 @@ def build_delivery_checks(
         can_subset=True,
     )
     def _checks(
-        context: dg.AssetCheckExecutionContext, delivery_db: DeliveryDatabase, lake: DataLake
+        context: dg.AssetCheckExecutionContext, delivery_db: DeliveryDatabase, lake: DataLake, watch_clock: WatchClock
     ) -> Iterable[dg.AssetCheckResult]:
-        now = clock()
+        now = watch_clock.now()
         days = read_watched_days(
             context.instance, contract, now, delivery_db=delivery_db, lake=lake, lookback_days=lookback_days
         )
@@ -93,7 +93,7 @@ class WatchMemory:
 
 
 def build_watch_sensor(
-    watch: Watch, contracts: Sequence[Contract], *, clock: Clock = utc_now, lookback_days: int = DEFAULT_LOOKBACK_DAYS
+    watch: Watch, contracts: Sequence[Contract], *, lookback_days: int = DEFAULT_LOOKBACK_DAYS
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"delivery_{watch.state}_sensor",
@@ -105,9 +105,13 @@ def build_watch_sensor(
         ),
     )
     def _sensor(
-        context: dg.SensorEvaluationContext, delivery_db: DeliveryDatabase, lake: DataLake, notifier: Notifier
+        context: dg.SensorEvaluationContext,
+        delivery_db: DeliveryDatabase,
+        lake: DataLake,
+        notifier: Notifier,
+        watch_clock: WatchClock,
     ) -> dg.SensorResult:
-        now = clock()
+        now = watch_clock.now()
         first_tick = not context.cursor
         memory = WatchMemory.from_cursor(context.cursor)
         events = []
@@ -178,6 +182,6 @@ def build_watch_sensor(
 
 
 def build_watch_sensors(
-    contracts: Sequence[Contract], *, clock: Clock = utc_now, lookback_days: int = DEFAULT_LOOKBACK_DAYS
+    contracts: Sequence[Contract], *, lookback_days: int = DEFAULT_LOOKBACK_DAYS
 ) -> list[dg.SensorDefinition]:
-    return [build_watch_sensor(w, contracts, clock=clock, lookback_days=lookback_days) for w in WATCHES]
+    return [build_watch_sensor(w, contracts, lookback_days=lookback_days) for w in WATCHES]
