@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import polars as pl
 
 from datahub_assets.automation.daily import FAN_OUT_TAG, build_daily_delivery_schedule
@@ -162,3 +163,24 @@ def test_the_planner_cli_prints_the_days_duration_for_n_machines():
     twenty = plan("--rows", "25000000", "-N", "20", "-M", "1", "--date", DAY, "--start", "06:00")
     assert twenty["duration"] == "3 h 28 min (3.47 h)"
     assert twenty["ETA"] == "2026-11-26 09:28 GMT+8" and twenty["slack"] == "0 h 31 min"
+    # 12,500 s before 10:00 GMT+8.
+    assert twenty["latest start"].startswith("2026-11-26 06:31 GMT+8")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--rows", "25000000", "-N", "10", "-M", "3"], "over the partner's cap of 20 across all machines: use -M 2 with 10"),
+        (["--rows", "-5"], "argument --rows: -5 must be more than 0"),
+        (["--rows", "100", "-N", "0", "-M", "1"], "argument --machines/-N: 0 must be more than 0"),
+        (["--rows", "100", "-M", "0"], "must be more than 0"),
+        (["--rows", "100", "--start", "25:99"], "'25:99' is not a time of day"),
+        (["--rows", "100", "--latency-ms", "0"], "argument --latency-ms: 0 must be more than 0"),
+        (["--rows", "100", "--date", "2026-13-45"], "'2026-13-45' is not a date"),
+        (["--rows", "many"], "'many' is not a number"),
+    ],
+)
+def test_the_planner_refuses_bad_input_with_a_message_and_exit_2(args, says):
+    result = subprocess.run([str(PLAN), *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and says in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
