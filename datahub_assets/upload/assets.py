@@ -3,6 +3,7 @@
 import os
 import socket
 import time
+import warnings
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -69,16 +70,18 @@ def _run_ended(instance: dg.DagsterInstance, run_id: str) -> str | None:
 def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> dg.AssetsDefinition:
     partitions_def = upload_partitions_def(contract)
     keys = range_keys(contract.batch_ranges)
+    with warnings.catch_warnings():
+        # Beta in Dagster 1.13, and the one mapping that says "every range of a date
+        # reads that date's snapshot": silenced here, where it is built, once.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        by_date = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DATE_DIM)
 
     @dg.asset(
         name=asset_name(contract, Stage.UPLOADED),
         group_name=contract.dataset,
         partitions_def=partitions_def,
         deps=[
-            dg.AssetDep(
-                snapshot,
-                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DATE_DIM),
-            )
+            dg.AssetDep(snapshot, partition_mapping=by_date)
         ],
         kinds={"java", "alipay"},
         pool=UPLOAD_POOL,
