@@ -102,6 +102,7 @@ class Contract:
     max_row_count_change: float
     max_value_bytes: int
     retention_days: int
+    owners: tuple[str, ...]
     path: Path
 
     @property
@@ -191,6 +192,8 @@ class _ContractFile(_Strict):
     max_value_bytes: int = Field(default=65536, gt=0, strict=True)
     # Days of extracts, snapshots and quarantines the lake keeps; 0 keeps them forever.
     retention_days: int = Field(default=30, ge=0, strict=True)
+    # Who answers for the dataset, as Dagster shows it: e-mail addresses or team:<name>.
+    owners: list[Annotated[str, Field(pattern=r"^(team:[A-Za-z0-9_-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")]] = []
 
     @field_validator("start_date", mode="before")
     @classmethod
@@ -252,6 +255,7 @@ def load_contract(path: Path) -> Contract:
         max_row_count_change=spec.max_row_count_change,
         max_value_bytes=spec.max_value_bytes,
         retention_days=spec.retention_days,
+        owners=tuple(spec.owners),
         path=path,
     )
 

@@ -107,7 +107,7 @@ def prepared_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreparedD
                 )
         assert result.success
         (snapshot,) = result.asset_materializations_for_node("user_profile_snapshot")
-        rows = snapshot.metadata["rows"].value
+        rows = snapshot.metadata["dagster/row_count"].value
         assert rows == ROWS  # the generator made no broken rows and no duplicates
         yield PreparedDay(stack=stack, day=day, batches=batch_count(rows))
     finally:

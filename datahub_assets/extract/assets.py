@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from datahub_assets.catalog import contract_metadata
 from datahub_assets.contract import Contract
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase, landing_file_to_parquet
 from datahub_assets.lake import DataLake
@@ -18,6 +19,8 @@ def build_extract_asset(contract: Contract) -> dg.AssetsDefinition:
         name=asset_name(contract, Stage.EXTRACT),
         group_name=contract.dataset,
         partitions_def=daily_partitions_def(contract),
+        owners=list(contract.owners),
+        metadata=contract_metadata(contract),
     )
 
     # Data minimization: only the columns the contract reads (and the date) leave the source.
@@ -39,7 +42,7 @@ def build_extract_asset(contract: Contract) -> dg.AssetsDefinition:
                 out_dir=lake.extract_dir(contract.dataset, day), columns=wanted,
             )
             context.log.info("extracted %d rows for %s", rows, day)
-            return dg.MaterializeResult(metadata={"rows": rows})
+            return dg.MaterializeResult(metadata={"dagster/row_count": rows})
 
         return _extract_table
 
@@ -56,6 +59,6 @@ def build_extract_asset(contract: Contract) -> dg.AssetsDefinition:
                 local, lake.extract_dir(contract.dataset, day), columns=wanted, max_field_bytes=landing.max_field_bytes
             )
         context.log.info("extracted %d rows for %s", rows, day)
-        return dg.MaterializeResult(metadata={"rows": rows})
+        return dg.MaterializeResult(metadata={"dagster/row_count": rows})
 
     return _extract_files

@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from datahub_assets.catalog import contract_metadata, partner_table_schema
 from datahub_assets.contract import Contract, PartnerType
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import Stage, asset_name, batch_count, daily_partitions_def, previous_date
@@ -43,6 +44,8 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
         partitions_def=daily_partitions_def(contract),
         deps=[extract],
         kinds={"polars", "parquet"},
+        owners=list(contract.owners),
+        metadata={**contract_metadata(contract), **partner_table_schema(contract)},
         description=(
             f"{contract.dataset} for the day, conformed to its contract ({contract.path.name}): "
             "canonical text per type, rejects quarantined with their reason, ids de-duplicated "
@@ -76,11 +79,13 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
         yield dg.MaterializeResult(
             metadata={
                 "source_rows": stats.source_rows,
-                "rows": stats.snapshot_rows,
+                "dagster/row_count": stats.snapshot_rows,
                 "rejected_rows": stats.rejected_rows,
                 "duplicate_rows": stats.duplicate_rows,
                 "reject_share": stats.reject_share,
                 "batches": batch_count(stats.snapshot_rows),
+                "snapshot_path": dg.MetadataValue.path(str(snapshot_path)),
+                "quarantine_path": dg.MetadataValue.path(str(lake.quarantine_path(contract.dataset, day))),
             }
         )
 

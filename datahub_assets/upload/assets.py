@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
+from datahub_assets.catalog import contract_metadata
 from datahub_assets.contract import Contract
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import (
@@ -85,6 +86,8 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         ],
         kinds={"java", "alipay"},
         pool=UPLOAD_POOL,
+        owners=list(contract.owners),
+        metadata=contract_metadata(contract),
         description=(
             f"{contract.dataset} delivered to Alipay+ DataHub (dataUuid in {contract.path.name}). "
             f"Each partition sends one of {contract.batch_ranges} contiguous ranges of the day's "
