@@ -4,6 +4,8 @@ import os
 import socket
 import time
 import warnings
+from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -25,8 +27,9 @@ from datahub_assets.partitions import (
     upload_partitions_def,
 )
 from datahub_assets.planning import plan
-from datahub_assets.upload.batches import read_batches, snapshot_row_count
+from datahub_assets.upload.batches import Batch, batch_problems, read_batches, snapshot_row_count
 from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lease
+from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.outcome import KEY_CODES, BatchStatus, UploadClient
 from datahub_assets.upload.resources import DeliveryDatabase
 from datahub_assets.upload.sender import RangeSender, RetryPolicy
@@ -52,6 +55,14 @@ class UploadConfig(dg.Config):
         description=(
             "Send a date older than one already delivered. The partner keeps one value per id, "
             "so this overwrites newer values with older ones: for deliberate corrections only."
+        ),
+    )
+    dry_run: bool = Field(
+        default=False,
+        description=(
+            "Read and check every batch of the range against the contract and report the counts and "
+            "the day's ETA at the cap, as an observation: nothing is sent, nothing is written to the "
+            "ledger, and the partition is not materialized."
         ),
     )
 
@@ -86,6 +97,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         ],
         kinds={"java", "alipay"},
         pool=UPLOAD_POOL,
+        output_required=False,  # a dry run observes the range and materializes nothing
         owners=list(contract.owners),
         metadata=contract_metadata(contract),
         description=(
@@ -101,7 +113,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         lake: DataLake,
         sdk: dg.ResourceParam[UploadClient],
         delivery_db: DeliveryDatabase,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
         day, range_key = split_upload_key(partitions_def, context.partition_key)
         snapshot_path = lake.snapshot_path(contract.dataset, day)
         if not snapshot_path.exists():
@@ -110,6 +122,9 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         numbers = batch_slice(keys.index(range_key), len(keys), total_batches)
         batches = read_batches(snapshot_path, numbers)
         ledger = delivery_db.ledger()
+        if config.dry_run:
+            yield _dry_run(contract, day, range_key, batches, total_batches, ledger, delivery_db.cap_per_second, context)
+            return
 
         # Never regress the partner: it keeps one value per id, the last one sent.
         newer = ledger.newer_delivered_day(contract.data_uuid, day)
@@ -208,6 +223,45 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
                 ),
                 metadata={**metadata, "failed_batch_numbers": dg.MetadataValue.json(sorted(report.failed_batches))},
             )
-        return dg.MaterializeResult(metadata=metadata)
+        yield dg.MaterializeResult(metadata=metadata)
 
     return _uploaded
+
+
+def _dry_run(
+    contract: Contract, day: str, range_key: str, batches: list[Batch], total_batches: int, ledger: Ledger,
+    cap: float, context: dg.AssetExecutionContext,
+) -> dg.AssetObservation:
+    """The range checked and counted, and the day's ETA at the cap; nothing sent or written."""
+    problems: Counter[str] = Counter()
+    for batch in batches:
+        problems += batch_problems(contract, batch)
+    entries = ledger.entries(contract.data_uuid, day)
+    delivered = {n for n, e in entries.items() if e.status is BatchStatus.SUCCESS}
+    acknowledged = sum(
+        1 for b in batches if b.number in delivered and entries[b.number].content_hash == b.content_hash
+    )
+    remaining = total_batches - len(delivered)
+    day_plan = plan(batches=remaining, cap=cap, start=datetime.now(timezone.utc), deadline=deadline_for(day), measured_rate=cap)
+    newer = ledger.newer_delivered_day(contract.data_uuid, day)
+    context.log.info(
+        "dry run of range %s (%s): %d batches, %d rows, %d already acknowledged, %d problems%s; nothing sent",
+        range_key, day, len(batches), sum(len(b.rows) for b in batches), acknowledged, sum(problems.values()),
+        f"; a real run would be refused, {newer} is already delivered" if newer else "",
+    )
+    return dg.AssetObservation(
+        asset_key=context.asset_key,
+        partition=context.partition_key,
+        metadata={
+            "dry_run": True,
+            "batches": len(batches),
+            "rows": sum(len(b.rows) for b in batches),
+            "batches_already_acknowledged": acknowledged,
+            "batches_to_send": len(batches) - acknowledged,
+            "problems": sum(problems.values()),
+            "problems_by_kind": dg.MetadataValue.json(dict(sorted(problems.items()))),
+            "day_batches_remaining": remaining,
+            "day_eta_at_cap_s": round(day_plan.duration_s, 1),
+            "refused_as_older_than": newer or "",
+        },
+    )
