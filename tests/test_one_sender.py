@@ -273,6 +273,8 @@ def test_a_bad_contract_is_refused_naming_the_file_the_field_and_what_is_allowed
 def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and_resumed(
     tmp_path, sdk_jar, keys_file, datahub_endpoint, receiver
 ):
+    # The worker runs like `dagster asset materialize`: its run has no code location
+    # origin, so Dagster's run retries cannot start it again, and the sensor requests the retry.
     from datahub_assets.monitoring.dead_runs import build_dead_run_sensor
     from datahub_assets.monitoring.notifier import Notifier
     from datahub_assets.upload.resources import DeliveryDatabase
@@ -280,7 +282,8 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
     contracts = write_contract(tmp_path / "contracts", batch_ranges=1)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    retries = {"run_retries": {"enabled": True, "max_retries": 2}}
+    with dg.instance_for_test(temp_dir=str(home), overrides=retries) as instance:
         day = Day(tmp_path, sdk_jar, keys_file, f"sqlite:///{tmp_path / 'delivery.db'}", instance, contracts)
         write_table(generate(4_000, DAY, seed=8), day.source_url)
         day.prepare()
@@ -302,18 +305,26 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
             "notifier": Notifier(webhook_url=f"{receiver.url}/hook"),
         }
 
+        requested = []
+
         def tick() -> None:
             with dg.build_sensor_context(instance=instance, resources=resources) as context:
-                sensor(context)
+                result = sensor(context)
+            requested.extend(getattr(result, "run_requests", None) or [])
 
         wait_until(lambda: tick() or instance.get_run_by_id(run.run_id).is_finished, what="the run to be failed")
         failed = instance.get_run_by_id(run.run_id)
         assert failed.status == dg.DagsterRunStatus.FAILURE
         (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        assert "worker of range 0 of " in failure.message and "resume it from the ledger" in failure.message
+        assert "worker of range 0 of " in failure.message and "it is retried and resumes from the ledger" in failure.message
         tick()
         (alert,) = receiver.webhook_alerts()
         assert alert["state"] == "worker_gone" and alert["ranges"] == ["0"]
+        # One retry of the same partition, as Dagster's own retries would tag it.
+        (retry,) = requested
+        assert retry.partition_key == day.partition_key("0") and retry.asset_selection == [day.uploaded.key]
+        assert retry.tags["dagster/parent_run_id"] == run.run_id and retry.tags["dagster/retry_number"] == "1"
+        assert retry.run_config == run.run_config
 
         # The relaunch resumes from the ledger: every batch acknowledged exactly once.
         datahub_endpoint.faults(latency_ms={"median": 0, "jitter": 0})
