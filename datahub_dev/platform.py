@@ -45,7 +45,14 @@ import yaml
 
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, Contract, load_contracts
 from datahub_assets.lake import DataLake
-from datahub_assets.partitions import BATCH_ROWS, Stage, asset_name, business_date, range_keys, upload_partition_key
+from datahub_assets.partitions import (
+    BATCH_ROWS,
+    Stage,
+    asset_name,
+    business_date,
+    range_keys,
+    upload_partition_key,
+)
 from datahub_assets.resources import build_resources
 from datahub_assets.upload.lease import lease_table
 from datahub_assets.upload.ledger import Ledger, LedgerEntry, ledger_table
