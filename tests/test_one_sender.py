@@ -4,6 +4,7 @@ contracts. Real JVM, real endpoint, both ledger backends."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -91,6 +92,20 @@ def test_the_keeper_gives_the_range_up_once_the_run_has_ended(delivery_engine):
             lease.check()
     # Released on exit: the next uploader does not wait for the expiry.
     assert acquire_range_lease(delivery_engine, KEY, holder="run B", wait_s=0).token == lease.token + 1
+
+
+def test_the_keeper_gives_the_range_up_as_soon_as_its_run_worker_dies(delivery_engine):
+    # A stand-in run worker; the keeper's beat (an hour) never comes, so only its watch
+    # on the parent can notice the death.
+    run_worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(3600,), daemon=True)
+    run_worker.start()
+    lease = acquire_range_lease(delivery_engine, KEY, holder="run A")
+    with LeaseKeeper(lease, every_s=3600, run_is_over=lambda: None, parent=run_worker):
+        lease.check()
+        run_worker.kill()
+        wait_until(lambda: lease.lost is not None, what="the keeper to notice")
+        with pytest.raises(LeaseLostError, match="its run worker is gone"):
+            lease.check()
 
 
 # --- two uploaders on one range, through the asset -----------------------------------------
