@@ -14,6 +14,8 @@ trial, from the ledger and the endpoint's receipts per batch:
   the kill and exactly one of its copies arrived after the killed run's processes were
   gone (the re-send of an in-flight batch). Any other second copy means two processes
   sent it;
+- after end: the range's requests that arrived after Dagster had ended the killed run
+  and before its last process was gone: an orphaned step sending into a finished run;
 - missing / unexpected: the endpoint's reconcile of the whole day;
 - complete: from the kill until every batch of the day is acknowledged and every run
   (the killed one, Dagster's retry, the operator's relaunch) has finished.
@@ -71,11 +73,12 @@ class TrialResult:
     unexpected: int
     complete_s: float
     gone_after_s: float  # kill -> no process of the killed run left
+    after_end: int  # the range's requests that arrived after the killed run had ended, before its processes were gone
 
     @property
     def ok(self) -> bool:
         return (
-            self.double_sent == 0 and self.missing == 0 and self.unexpected == 0
+            self.double_sent == 0 and self.missing == 0 and self.unexpected == 0 and self.after_end == 0
             and self.resent <= self.in_flight_at_kill and self.relaunch == "SUCCESS"
         )  # fmt: skip
 
@@ -154,6 +157,8 @@ def run_trial(platform: Platform, kind: str, number: int, rng: random.Random) ->
         after_gone = sum(1 for r in copies if r["arrived_at"] > gone_at)
         if not (n in in_flight and after_gone == 1):
             double_sent += 1
+    ended_at = killed_at + failed_after
+    after_end = sum(1 for n in numbers for r in receipts[n] if ended_at < r["arrived_at"] <= gone_at)
     reconciliation = platform.reconcile()
     retries = platform.retries_of(runs[victim])
     return TrialResult(
@@ -164,7 +169,7 @@ def run_trial(platform: Platform, kind: str, number: int, rng: random.Random) ->
         relaunch=platform.run(relaunch).status.value,
         resent=resent, double_sent=double_sent,
         missing=reconciliation["missing"], unexpected=reconciliation["unexpected"],
-        complete_s=complete_at - killed_at, gone_after_s=gone_at - killed_at,
+        complete_s=complete_at - killed_at, gone_after_s=gone_at - killed_at, after_end=after_end,
     )  # fmt: skip
 
 
@@ -176,38 +181,42 @@ def _finished_at(platform: Platform, run_id: str) -> float:
 def print_trials(results: list[TrialResult]) -> None:
     header = (
         f"{'kind':<11} {'#':>2} {'range':>5} {'batches':>7} {'acked':>5} {'in flight':>9} {'re-sent':>7} "
-        f"{'double':>6} {'missing':>7} {'unexp.':>6} {'gone s':>6} {'failed s':>8} {'complete s':>10}  killed run / retry / relaunch"
+        f"{'double':>6} {'after end':>9} {'missing':>7} {'unexp.':>6} {'gone s':>6} {'failed s':>8} {'complete s':>10}"
+        "  killed run / retry / relaunch"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
             f"{r.kind:<11} {r.number:>2} {r.victim:>5} {r.batches:>7} {r.acked_at_kill:>5} {r.in_flight_at_kill:>9} "
-            f"{r.resent:>7} {r.double_sent:>6} {r.missing:>7} {r.unexpected:>6} {r.gone_after_s:>6.1f} "
+            f"{r.resent:>7} {r.double_sent:>6} {r.after_end:>9} {r.missing:>7} {r.unexpected:>6} {r.gone_after_s:>6.1f} "
             f"{r.failed_after_s:>8.1f} {r.complete_s:>10.1f}  {r.killed_status} / {r.retry} / {r.relaunch}"
             + ("" if r.ok else "   << FAILED")
         )
     print()
-    print(f"{'kind':<11} {'trials':>6} {'in flight':>9} {'re-sent':>7} {'double':>6} {'missing':>7} {'unexp.':>6} {'complete s (min-max)':>21}")
+    print(
+        f"{'kind':<11} {'trials':>6} {'in flight':>9} {'re-sent':>7} {'double':>6} {'after end':>9} {'missing':>7} "
+        f"{'unexp.':>6} {'complete s (min-max)':>21}"
+    )
     for kind in KINDS:
         rows = [r for r in results if r.kind == kind]
         if rows:
             print(
                 f"{kind:<11} {len(rows):>6} {sum(r.in_flight_at_kill for r in rows):>9} {sum(r.resent for r in rows):>7} "
-                f"{sum(r.double_sent for r in rows):>6} {sum(r.missing for r in rows):>7} {sum(r.unexpected for r in rows):>6} "
+                f"{sum(r.double_sent for r in rows):>6} {sum(r.after_end for r in rows):>9} {sum(r.missing for r in rows):>7} {sum(r.unexpected for r in rows):>6} "
                 f"{min(r.complete_s for r in rows):>10.1f}-{max(r.complete_s for r in rows):.1f}"
             )
     print(f"all trials met the acceptance: {all(r.ok for r in results)}")
 
 
-def trials_phase(root: Path, per_kind: int, rows: int, ranges: int, seed: int) -> list[TrialResult]:
+def trials_phase(root: Path, per_kind: int, rows: int, ranges: int, seed: int, kinds: list[str]) -> list[TrialResult]:
     rng = random.Random(seed)
     results = []
     started = time.monotonic()
     with Platform(root / "trials", PlatformSpec(rows=rows, ranges=ranges)) as platform:
         print(f"platform ready in {time.monotonic() - started:.0f} s: {rows} rows in {ranges} ranges of {platform.spec.day}", flush=True)
         for number in range(1, per_kind + 1):
-            for kind in KINDS:
+            for kind in kinds:
                 result = run_trial(platform, kind, number, rng)
                 results.append(result)
                 print(f"  {kind} #{number}: {result}", flush=True)
@@ -293,12 +302,14 @@ def main() -> None:
     parser.add_argument("--phase", choices=("all", "trials", "cli"), default="all")
     parser.add_argument("--rows", type=int, default=9_000, help="rows of the trials' day (30 batches per range)")
     parser.add_argument("--ranges", type=int, default=3)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="what to kill, comma-separated: " + ", ".join(KINDS))
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     parser.add_argument("--workdir", type=Path, default=benchlib.REPO_ROOT / "var" / "crash_trials")
     args = parser.parse_args()
     ok = True
     if args.phase in ("all", "trials"):
-        results = trials_phase(args.workdir, 1 if args.small else 5, args.rows, args.ranges, args.seed)
+        kinds = [k.strip() for k in args.kinds.split(",")]
+        results = trials_phase(args.workdir, 1 if args.small else 5, args.rows, args.ranges, args.seed, kinds)
         ok = all(r.ok for r in results)
     if args.phase in ("all", "cli"):
         ok = cli_phase(args.workdir, 4_000, args.seed) and ok
