@@ -39,14 +39,27 @@ def _next_retry_number(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int 
     return number if number <= int(run.tags.get(MAX_RETRIES_TAG, instance.run_retries_max_retries)) else None
 
 
+def retry_job_name(contract: Contract) -> str:
+    return f"{contract.dataset}_upload_retry"
+
+
+def _retry_job(contract: Contract):  # noqa: ANN202 - an unresolved asset job
+    """The job of the sensor's retries: one per contract, since each contract's uploaded
+    asset has its own partitions (one job cannot hold several)."""
+    return dg.define_asset_job(
+        retry_job_name(contract),
+        selection=dg.AssetSelection.assets(asset_key(contract, Stage.UPLOADED)).without_checks(),
+        description=f"Retries, requested by dead_upload_run_sensor, of {contract.dataset} upload runs Dagster cannot retry.",
+    )
+
+
 def _retry_request(run: dg.DagsterRun, number: int, lease: AbandonedLease, contract: Contract) -> dg.RunRequest:
     """The retry Dagster would start, for a run it cannot retry: same partition, config and tags."""
     kept = {k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k in ("dagster/priority", MAX_RETRIES_TAG)}
     return dg.RunRequest(
+        job_name=retry_job_name(contract),
         run_key=f"{run.run_id}:retry",
         partition_key=upload_partition_key(lease.day, lease.range_key),
-        asset_selection=[asset_key(contract, Stage.UPLOADED)],
-        asset_check_keys=[],
         run_config=run.run_config,
         tags={
             **kept,
@@ -63,7 +76,7 @@ def build_dead_run_sensor(contracts: Sequence[Contract], *, grace_s: float = GRA
     @dg.sensor(
         name="dead_upload_run_sensor",
         # The runs it may request: retries of CLI-launched upload runs.
-        target=dg.AssetSelection.assets(*(asset_key(c, Stage.UPLOADED) for c in contracts)).without_checks(),
+        jobs=[_retry_job(c) for c in contracts],
         minimum_interval_seconds=DEAD_RUN_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
