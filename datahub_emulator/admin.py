@@ -76,6 +76,16 @@ def parse_reconcile(payload: Any) -> tuple[str, list[str]]:
     return _text(body, "dataUuid"), ids
 
 
+def parse_receipts(payload: Any) -> tuple[str, list[list[str]]]:
+    body = _object(payload, "body")
+    batches = body.get("batches")
+    if not isinstance(batches, list) or not all(
+        isinstance(b, list) and all(isinstance(i, str) for i in b) for b in batches
+    ):
+        raise AdminError("batches must be a list of lists of ids (strings)")
+    return _text(body, "dataUuid"), batches
+
+
 def _object(value: Any, name: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise AdminError(f"{name} must be a JSON object")

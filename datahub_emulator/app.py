@@ -125,6 +125,10 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
             }
         )
 
+    async def receipts(request: Request) -> Response:
+        data_uuid, batches = admin.parse_receipts(await _json(request))
+        return JSONResponse({"batches": service().store.receipts_by_batch(data_uuid, batches)})
+
     async def reset(_: Request) -> Response:
         service().reset()
         # Answers still held by injected latency go out now: a reset starts afresh.
@@ -147,10 +151,11 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
         Route("/admin/faults", _admin(post_faults), methods=["POST"]),
         Route("/admin/stats", _admin(stats), methods=["GET"]),
         Route("/admin/reconcile", _admin(reconcile), methods=["POST"]),
+        Route("/admin/receipts", _admin(receipts), methods=["POST"]),
         Route("/admin/reset", _admin(reset), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    limits = {UPLOAD_PATH: MAX_UPLOAD_BYTES, "/admin/reconcile": MAX_RECONCILE_BYTES}
+    limits = {UPLOAD_PATH: MAX_UPLOAD_BYTES, "/admin/reconcile": MAX_RECONCILE_BYTES, "/admin/receipts": MAX_RECONCILE_BYTES}
     return BodyLimit(Starlette(routes=routes, lifespan=lifespan), limits, MAX_OTHER_BYTES)
 
 

@@ -61,6 +61,11 @@ class AdminClient:
     def reconcile(self, data_uuid: str, ids: Sequence[str]) -> dict[str, Any]:
         return self._call("POST", "/admin/reconcile", {"dataUuid": data_uuid, "ids": list(ids)})
 
+    def receipts(self, data_uuid: str, batches: Sequence[Sequence[str]]) -> list[list[dict[str, Any]]]:
+        """For each batch (its ids in order), the receipts of its stored requests, oldest first."""
+        payload = {"dataUuid": data_uuid, "batches": [list(b) for b in batches]}
+        return self._call("POST", "/admin/receipts", payload)["batches"]
+
     def reset(self) -> dict[str, Any]:
         return self._call("POST", "/admin/reset", {})
 

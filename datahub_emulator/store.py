@@ -76,7 +76,10 @@ CREATE TABLE IF NOT EXISTS receipts (
     arrived_at REAL NOT NULL,
     admitted INTEGER NOT NULL,
     status TEXT NOT NULL,
-    code TEXT NOT NULL
+    code TEXT NOT NULL,
+    -- Which batch a stored request carried: a keyed hash of its ids in order (no id in
+    -- clear), so that receipts can be counted per batch.
+    batch_key TEXT
 );
 CREATE INDEX IF NOT EXISTS receipts_arrived ON receipts (arrived_at);
 """
@@ -103,8 +106,8 @@ ON CONFLICT (data_uuid, id_key) DO UPDATE SET
 
 _INSERT_RECEIPT = """
 INSERT INTO receipts
-    (trace_id, data_uuid, client_id, rows, content_hash, arrived_at, admitted, status, code)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (trace_id, data_uuid, client_id, rows, content_hash, arrived_at, admitted, status, code, batch_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _RECONCILE_CHUNK = 500
@@ -150,6 +153,7 @@ class Receipt:
     admitted: bool = False
     status: str = ""
     code: str = ""
+    batch_key: str | None = None  # set when the batch's rows were stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,12 +173,20 @@ class Store:
         for pragma in _PRAGMAS:
             self._db.execute(pragma)
         self._db.executescript(_SCHEMA_SQL)
+        self._add_batch_key_column()
         self._id_mac = hmac.new(self._load_or_create_secret(), digestmod=hashlib.sha256)
         self.clients: dict[str, Client] = {}
         self.grants: set[tuple[str, str]] = set()
         self.schemas: dict[str, Schema] = {}
         self.data_keys: dict[str, bytes] = {}
         self._load_registrations()
+
+    def _add_batch_key_column(self) -> None:
+        """Databases created before receipts had a batch key get the column (empty)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(receipts)")}
+        if "batch_key" not in columns:
+            self._db.execute("ALTER TABLE receipts ADD COLUMN batch_key TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS receipts_batch ON receipts (data_uuid, batch_key)")
 
     def close(self) -> None:
         # A clean close checkpoints the WAL into the main file and removes it.
@@ -265,12 +277,19 @@ class Store:
         mac.update(f"{data_uuid}\n{row_id}".encode())
         return mac.hexdigest()
 
+    def batch_key(self, data_uuid: str, ids: list[str]) -> str:
+        """A batch's identity without its ids in clear: a keyed hash of its ids in order."""
+        mac = self._id_mac.copy()
+        mac.update("\n".join([data_uuid, *ids]).encode())
+        return mac.hexdigest()
+
     def save_rows(
         self, receipt: Receipt, ids: list[str], encrypted_rows: list[dict[str, str]]
     ) -> None:
         """Upsert a checked batch and its receipt in one transaction."""
         assert receipt.data_uuid is not None
         uuid, trace_id, now = receipt.data_uuid, receipt.trace_id, receipt.arrived_at
+        receipt.batch_key = self.batch_key(uuid, ids)
         params = [
             (uuid, self.id_key(uuid, row_id), _compact_json(row), trace_id, now)
             for row_id, row in zip(ids, encrypted_rows, strict=True)
@@ -296,6 +315,7 @@ class Store:
                 int(r.admitted),
                 r.status,
                 r.code,
+                r.batch_key,
             ),
         )
 
@@ -350,6 +370,22 @@ class Store:
             unexpected=total - len(found),
             missing_indexes=missing[:100],
         )
+
+    def receipts_by_batch(self, data_uuid: str, batches: list[list[str]]) -> list[list[dict]]:
+        """For each expected batch (its ids in order), the receipts of the requests whose
+        rows were stored, oldest first: how often, when, and with what answer the batch
+        arrived. No values and no ids; the caller already holds the ids."""
+        query = (
+            "SELECT trace_id, arrived_at, status, code FROM receipts"
+            " WHERE data_uuid = ? AND batch_key = ? ORDER BY arrived_at"
+        )
+        return [
+            [
+                {"trace_id": trace_id, "arrived_at": arrived_at, "status": status, "code": code}
+                for trace_id, arrived_at, status, code in self._db.execute(query, (data_uuid, self.batch_key(data_uuid, ids)))
+            ]
+            for ids in batches
+        ]
 
     def reset(self) -> None:
         """Drop rows and receipts; registrations and the id secret stay."""

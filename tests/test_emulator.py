@@ -122,6 +122,24 @@ def test_success_stores_rows_and_reconciles(
     assert stats["by_code"] == {"SUCCESS": 2}
 
 
+def test_receipts_per_batch_count_each_stored_request_of_a_batch(
+    sdk_client: Any, datahub_endpoint: EmulatorProcess, user_profile_uuid: str
+) -> None:
+    first = [good_row(f"a-{i}") for i in range(3)]
+    second = [good_row(f"b-{i}") for i in range(3)]
+    upload(sdk_client, user_profile_uuid, first)
+    upload(sdk_client, user_profile_uuid, second)
+    resent = upload(sdk_client, user_profile_uuid, first)
+
+    ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
+    never_sent = ["c-0"]
+    per_batch = datahub_endpoint.receipts(user_profile_uuid, [ids(first), ids(second), never_sent, ids(first)[:2]])
+    assert [len(r) for r in per_batch] == [2, 1, 0, 0]  # a batch is its ids in order, not a subset
+    assert per_batch[0][1]["trace_id"] == resent.trace_id
+    assert per_batch[0][0]["arrived_at"] <= per_batch[0][1]["arrived_at"]
+    assert {r["status"] for batch in per_batch for r in batch} == {"S"}
+
+
 # --- F/PARAM_ILLEGAL ----------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ contracts. Real JVM, real endpoint, both ledger backends."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -91,6 +92,20 @@ def test_the_keeper_gives_the_range_up_once_the_run_has_ended(delivery_engine):
             lease.check()
     # Released on exit: the next uploader does not wait for the expiry.
     assert acquire_range_lease(delivery_engine, KEY, holder="run B", wait_s=0).token == lease.token + 1
+
+
+def test_the_keeper_gives_the_range_up_as_soon_as_its_run_worker_dies(delivery_engine):
+    # A stand-in run worker; the keeper's beat (an hour) never comes, so only its watch
+    # on the parent can notice the death.
+    run_worker = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(3600,), daemon=True)
+    run_worker.start()
+    lease = acquire_range_lease(delivery_engine, KEY, holder="run A")
+    with LeaseKeeper(lease, every_s=3600, run_is_over=lambda: None, parent=run_worker):
+        lease.check()
+        run_worker.kill()
+        wait_until(lambda: lease.lost is not None, what="the keeper to notice")
+        with pytest.raises(LeaseLostError, match="its run worker is gone"):
+            lease.check()
 
 
 # --- two uploaders on one range, through the asset -----------------------------------------
@@ -273,6 +288,8 @@ def test_a_bad_contract_is_refused_naming_the_file_the_field_and_what_is_allowed
 def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and_resumed(
     tmp_path, sdk_jar, keys_file, datahub_endpoint, receiver
 ):
+    # The worker runs like `dagster asset materialize`: its run has no code location
+    # origin, so Dagster's run retries cannot start it again, and the sensor requests the retry.
     from datahub_assets.monitoring.dead_runs import build_dead_run_sensor
     from datahub_assets.monitoring.notifier import Notifier
     from datahub_assets.upload.resources import DeliveryDatabase
@@ -280,7 +297,8 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
     contracts = write_contract(tmp_path / "contracts", batch_ranges=1)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    retries = {"run_retries": {"enabled": True, "max_retries": 2}}
+    with dg.instance_for_test(temp_dir=str(home), overrides=retries) as instance:
         day = Day(tmp_path, sdk_jar, keys_file, f"sqlite:///{tmp_path / 'delivery.db'}", instance, contracts)
         write_table(generate(4_000, DAY, seed=8), day.source_url)
         day.prepare()
@@ -288,10 +306,11 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
         env = {**os.environ, **day.env(), "DAGSTER_HOME": str(home)}
         worker = subprocess.Popen(
             [sys.executable, str(WORKER), str(contracts), DAY, "--ranges", "0",
-             "--config", '{"threads": 2, "lease_ttl_s": 2}'],
+             "--config", '{"threads": 2, "lease_ttl_s": 10}'],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_until(lambda: len(day.ledger()) >= 3, what="the worker's first batches")
+        # A bound, not a timing: a loaded machine takes long to start a worker and its JVM.
+        wait_until(lambda: len(day.ledger()) >= 3, timeout_s=180, what="the worker's first batches")
         worker.kill()  # SIGKILL: no cleanup, the run stays STARTED
         worker.wait()
         (run,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
@@ -302,18 +321,26 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
             "notifier": Notifier(webhook_url=f"{receiver.url}/hook"),
         }
 
+        requested = []
+
         def tick() -> None:
             with dg.build_sensor_context(instance=instance, resources=resources) as context:
-                sensor(context)
+                result = sensor(context)
+            requested.extend(getattr(result, "run_requests", None) or [])
 
         wait_until(lambda: tick() or instance.get_run_by_id(run.run_id).is_finished, what="the run to be failed")
         failed = instance.get_run_by_id(run.run_id)
         assert failed.status == dg.DagsterRunStatus.FAILURE
         (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        assert "worker of range 0 of " in failure.message and "resume it from the ledger" in failure.message
+        assert "worker of range 0 of " in failure.message and "it is retried and resumes from the ledger" in failure.message
         tick()
         (alert,) = receiver.webhook_alerts()
         assert alert["state"] == "worker_gone" and alert["ranges"] == ["0"]
+        # One retry of the same partition, as Dagster's own retries would tag it.
+        (retry,) = requested
+        assert retry.partition_key == day.partition_key("0") and retry.job_name == "user_profile_upload_retry"
+        assert retry.tags["dagster/parent_run_id"] == run.run_id and retry.tags["dagster/retry_number"] == "1"
+        assert retry.run_config == run.run_config
 
         # The relaunch resumes from the ledger: every batch acknowledged exactly once.
         datahub_endpoint.faults(latency_ms={"median": 0, "jitter": 0})

@@ -164,7 +164,9 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         context.log.info(
             "range %s of %s: batches %d..%d of %d", range_key, day, numbers.start, numbers.stop - 1, total_batches
         )
-        keeper = LeaseKeeper(lease, every_s=LEASE_BEAT_S, run_is_over=lambda: _run_ended(context.instance, context.run.run_id))
+        # Several beats per lease period, so that one late beat (a loaded machine) never lets it expire.
+        beat_s = min(LEASE_BEAT_S, config.lease_ttl_s / 3)
+        keeper = LeaseKeeper(lease, every_s=beat_s, run_is_over=lambda: _run_ended(context.instance, context.run.run_id))
         with keeper:
             if sender.pending(batches):
                 # The JVM, the keys and the client before the first ledger row or slot:

@@ -14,6 +14,7 @@ died, or whose run Dagster has already ended, stops sending by itself.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import threading
 import time
 from collections.abc import Callable
@@ -171,19 +172,40 @@ def abandoned_leases(engine: sa.Engine, run_ids: list[str]) -> list[AbandonedLea
 
 class LeaseKeeper:
     """Renews a lease every `every_s` until stopped, and gives it up when the process
-    should not send any more: its run worker (the parent of a step process) is gone, or
-    `run_is_over()` says Dagster has ended the run."""
+    should not send any more: the moment its run worker (the parent of a step process)
+    dies, and at the next beat once `run_is_over()` says Dagster has ended the run."""
 
-    def __init__(self, lease: RangeLease, *, every_s: float, run_is_over: Callable[[], str | None]):
+    def __init__(
+        self,
+        lease: RangeLease,
+        *,
+        every_s: float,
+        run_is_over: Callable[[], str | None],
+        parent: multiprocessing.process.BaseProcess | None = None,
+    ):
         self._lease = lease
         self._every_s = every_s
         self._run_is_over = run_is_over
+        # The run worker, in a step process of the multiprocess executor; None when the
+        # run worker sends itself (in-process executor, tests).
+        self._parent = parent or multiprocessing.parent_process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="datahub-lease", daemon=True)
 
     def __enter__(self) -> RangeLease:
+        if self._parent is not None:
+            threading.Thread(target=self._watch_parent, name="datahub-parent-watch", daemon=True).start()
         self._thread.start()
         return self._lease
+
+    def _watch_parent(self) -> None:
+        """Gives the range up as soon as the run worker dies (its sentinel becomes ready).
+        Waiting for the next beat instead let an orphaned step send for up to a beat
+        (2 s: 40 batches at the cap) into a run Dagster had already failed."""
+        assert self._parent is not None
+        multiprocessing.connection.wait([self._parent.sentinel])
+        if not self._stop.is_set():
+            self._lease.lose("its run worker is gone")
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -193,10 +215,8 @@ class LeaseKeeper:
         self._lease.release()
 
     def _run(self) -> None:
-        parent = multiprocessing.parent_process()  # set in a step process of the multiprocess executor
         while not self._stop.wait(self._every_s):
-            if parent is not None and not parent.is_alive():
-                self._lease.lose("its run worker is gone")
+            if self._lease.lost:
                 return
             try:
                 ended = self._run_is_over()
