@@ -33,7 +33,24 @@ def create_delivery_engine(url: str) -> sa.Engine:
         engine = create_engine(url, pool_size=16, max_overflow=8, pool_pre_ping=True)
     _create_tables(engine)
     _widen_partner_text(engine)
+    _add_limiter_slowdown(engine)
     return engine
+
+
+def _add_limiter_slowdown(engine: sa.Engine) -> None:
+    """Add rate_limiter.slowdown to a database created before it existed (once; uploaders
+    starting together may race to add it, and the loser finds it there)."""
+    def missing() -> bool:
+        return "slowdown" not in {c["name"] for c in sa.inspect(engine).get_columns("rate_limiter")}
+
+    if not missing():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE rate_limiter ADD COLUMN slowdown FLOAT NOT NULL DEFAULT 0"))
+    except sa.exc.DBAPIError:
+        if missing():
+            raise
 
 
 # Columns that hold text the partner sends, unbounded in the schema; databases created

@@ -173,13 +173,14 @@ class RangeSender:
     def _send_one(self, batch: Batch, alone: bool = False) -> None:
         attempt = 0  # attempts that count against the budget: THROTTLED ones do not
         calls = 0
+        rows = self._client.prepare(batch.rows)  # before any slot: see _send_in_slot
         while True:
             attempt += 1
             calls += 1
             # Marked before the wait, so nothing but the SDK call sits between the slot
             # and the request: that keeps arrivals at the partner as evenly spaced as the slots.
             self._ledger.mark_sending(self._data_uuid, self._day, batch.number, batch.content_hash, self._lease)
-            outcome = self._send_in_slot(batch, alone=alone and calls == 1)
+            outcome = self._send_in_slot(rows, alone=alone and calls == 1)
             self._ledger.record_result(
                 self._data_uuid, self._day, batch.number, outcome.status, outcome.code, outcome.trace_id
             )
@@ -193,6 +194,9 @@ class RangeSender:
                     self._report.batches_sent += 1
                     self._report.rows_sent += len(batch.rows)
                 return
+            if throttled:
+                # Every sender slows down: the partner counted more than its cap.
+                self._limiter.throttled()
             if throttled and calls < MAX_CALLS_PER_BATCH:
                 # The partner refused it unseen, for the cap alone: not a failed attempt.
                 attempt -= 1
@@ -210,20 +214,23 @@ class RangeSender:
                 return
             time.sleep(self._retry.delay(attempt))
 
-    def _send_in_slot(self, batch: Batch, alone: bool) -> UploadOutcome:
+    def _send_in_slot(self, rows: object, alone: bool) -> UploadOutcome:
+        """One SDK call in a limiter slot. Between the slot and the call there is only an
+        in-memory lease check: the rows were converted (`prepare`) and the ledger marked
+        before the slot, so the request leaves as soon after its slot as it can."""
         if alone:
             with self._limiter.exclusive(priority=self._priority):
-                outcome = self._upload(batch)
+                outcome = self._upload(rows)
         else:
             self._limiter.acquire(priority=self._priority)
-            outcome = self._upload(batch)
+            outcome = self._upload(rows)
         _process_has_uploaded.set()  # one call has run through the SDK: its code paths are warm
         return outcome
 
-    def _upload(self, batch: Batch) -> UploadOutcome:
+    def _upload(self, rows: object) -> UploadOutcome:
         if self._lease is not None:
             self._lease.check()  # lost while waiting for the slot: send nothing more
-        return self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
+        return self._client.upload(data_uuid=self._data_uuid, rows=rows)
 
     def _tick(self, started: float, total: int, done: threading.Event) -> None:
         """Progress at a steady cadence, not once per batch."""
