@@ -156,8 +156,9 @@ def main() -> None:
 
 def old_design(sdk, limiter):
     """The design the new one is measured against, on the same code otherwise: the limiter
-    spaces slots but ignores THROTTLED answers, and the rows become a Java list inside the
-    slot (the SDK adapter converts Python strings itself)."""
+    spaces slots one interval apart whatever the caller expects and ignores THROTTLED
+    answers, and the rows become a Java list inside the slot (the SDK adapter converts
+    Python strings itself)."""
 
     class InSlotConversion:
         def prepare(self, rows: list[str]):
@@ -169,6 +170,9 @@ def old_design(sdk, limiter):
     class SpacingOnly:
         def __getattr__(self, name):  # acquire(), exclusive(), interval, ...
             return getattr(limiter, name)
+
+        def acquire(self, priority: bool, late_by_s: float = 0.0) -> None:
+            limiter.acquire(priority)  # every slot one interval, whatever the caller expects
 
         def throttled(self) -> None:
             pass
@@ -201,9 +205,9 @@ def traced(client, ledger, limiter, out: list):
         def __getattr__(self, name):  # exclusive(), throttled(), interval, ...
             return getattr(limiter, name)
 
-        def acquire(self, priority: bool):
+        def acquire(self, priority: bool, late_by_s: float = 0.0):
             t0 = time.time()
-            r = limiter.acquire(priority)
+            r = limiter.acquire(priority, late_by_s)
             out.append(("acquire", threading.get_ident(), t0, time.time(), None))
             return r
 

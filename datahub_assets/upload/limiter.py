@@ -26,13 +26,13 @@ _MAX_LATE_RETAKES = 20  # bounds the loop; past it the caller sends in its (late
 
 # Feedback from the partner. Each THROTTLED answer, whichever machine got it, adds
 # THROTTLED_KICK intervals to the spacing of every later slot (up to MAX_SLOWDOWN
-# intervals); each slot taken keeps CREEP_BACK of the slowdown. One throttle so costs
-# about KICK / (1 - CREEP_BACK) = 20 intervals (1 s at the cap), spread over the next
-# minute. At a steady share p of throttled requests the slowdown settles at 20p
-# intervals: 0.1 interval (5 ms) at 0.5 %. It is a brake for a machine that stays
-# loaded, not a cure for a rare late request: that is the margin's job.
-THROTTLED_KICK = 0.02
-CREEP_BACK = 0.999
+# intervals); each slot taken keeps CREEP_BACK of the slowdown, so it halves in about
+# 70 slots (3.5 s at the cap). One throttle so costs about KICK / (1 - CREEP_BACK) =
+# 5 slots. At a steady share p of throttled requests the slowdown settles at 5p
+# intervals: 0.1 interval (5 ms) at 2 %. It is a brake for a machine that stays loaded,
+# not a cure for a rare late request: that is the margin's job.
+THROTTLED_KICK = 0.05
+CREEP_BACK = 0.99
 MAX_SLOWDOWN = 0.5
 
 
@@ -55,6 +55,8 @@ class RateLimiter:
       the shared row), and the spacing creeps back to `interval` slot by slot. A
       machine that is loaded for a while (jitter above the margin) so settles at a
       spacing that suits it, and goes back to full speed when the load goes.
+    - Known lateness. A caller that knows its request will leave late (see
+      `acquire(late_by_s=...)`) keeps the next caller out for that much longer.
 
     Both live in one row of the delivery database and run on the database's clock, so
     skewed machine clocks change nothing.
@@ -146,9 +148,14 @@ class RateLimiter:
             self.late_retakes += 1
         return row.next_slot
 
-    def acquire(self, priority: bool) -> None:
-        """Block until the caller holds a slot."""
-        self._take(priority, self.interval)
+    def acquire(self, priority: bool, late_by_s: float = 0.0) -> None:
+        """Block until the caller holds a slot.
+
+        late_by_s: how much later than usual the caller expects its request to leave
+        after the slot (a cold JVM still compiling the SDK's code). The next slot comes
+        that much later too, so the late request cannot bunch up with the next ones.
+        """
+        self._take(priority, self.interval + max(late_by_s, 0.0))
 
     @contextmanager
     def exclusive(self, priority: bool, max_hold_s: float = 2.0) -> Iterator[None]:
