@@ -227,7 +227,7 @@ def open_client(keys_path: str):  # noqa: ANN201
     return jpype.JClass(SDK_CLIENT_CLASS)(keys_path)
 
 
-def java_rows(rows: list[str]):  # noqa: ANN201
+def java_rows(rows: list[str]):
     """The adapter, part two: a batch's rows as the SDK takes them (a java.util.List).
 
     Built before the limiter slot is taken, so that nothing but the SDK call sits between
@@ -351,12 +351,12 @@ class DataHubSdkResource(dg.ConfigurableResource):
                     ) from None
             return self._client
 
-    def prepare(self, rows: list[str]):  # noqa: ANN201
+    def prepare(self, rows: list[str]):
         """A batch's rows as the SDK takes them, for `upload`."""
         self._open_client()  # the JVM, which the Java list lives in
         return java_rows(rows)
 
-    def upload(self, *, data_uuid: str, rows) -> UploadOutcome:  # noqa: ANN001
+    def upload(self, *, data_uuid: str, rows) -> UploadOutcome:
         """Send one batch (rows from `prepare`); thread-safe (the SDK client is shared by
         the upload threads)."""
         return upload_batch(self._open_client(), data_uuid, rows)

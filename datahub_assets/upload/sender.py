@@ -49,7 +49,7 @@ class _SdkWork:
     latest_cpu_s = 0.0  # one per process: the JVM's state is the process's
 
     @classmethod
-    def measure(cls, call):  # noqa: ANN001, ANN206
+    def measure(cls, call):
         started = time.thread_time()
         try:
             return call()
