@@ -215,6 +215,17 @@ def test_a_throttled_answer_in_one_process_slows_every_sender_and_the_spacing_cr
     assert limiter.slowdown() == pytest.approx(slowdown * CREEP_BACK)
 
 
+def test_a_caller_that_will_send_late_keeps_the_next_caller_out_that_much_longer(delivery_engine):
+    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="late_by")
+    t = limiter_table
+    with delivery_engine.begin() as conn:
+        now = NOW[delivery_engine.dialect.name]
+        conn.execute(sa.update(t).where(t.c.name == "late_by").values(next_slot=now + 0.2))
+    slot, _ = _next_slot_and_now(delivery_engine, "late_by")
+    limiter.acquire(priority=True, late_by_s=0.3)
+    assert _next_slot_and_now(delivery_engine, "late_by")[0] == pytest.approx(slot + limiter.interval + 0.3)
+
+
 def test_the_slowdown_after_throttled_answers_is_bounded(delivery_engine):
     limiter = RateLimiter(delivery_engine, cap_per_second=20, name="bounded")
     for _ in range(int(MAX_SLOWDOWN / THROTTLED_KICK) + 5):
