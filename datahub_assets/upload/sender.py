@@ -56,6 +56,7 @@ class _SdkWork:
         finally:
             cls.latest_cpu_s = time.thread_time() - started
 
+
 _gc_frozen_lock = threading.Lock()
 _gc_frozen_senders = 0
 
