@@ -1,24 +1,31 @@
-"""Cap use: how much of the partner's 20 batches/s the platform's real upload path uses.
+"""Cap use: how much of the partner's 20 batches/s the platform's real upload path uses,
+with today's design and the one before it (issue 11) side by side in one run.
 
-    .venv/bin/python bench/cap_use.py            # 2,400 batches per phase (about 7 min)
-    .venv/bin/python bench/cap_use.py --small    # 120 batches per phase, CI smoke run (< 60 s)
+    .venv/bin/python bench/cap_use.py            # 1,000 batches a phase, 8 phases (about 11 min)
+    .venv/bin/python bench/cap_use.py --small    # 120 batches a phase, new design, quiet: CI smoke run (< 60 s)
 
 The local endpoint runs with the partner's cap (20 per sliding second) and 150 ms median
 latency +- 50 ms jitter. The same snapshot batches (synthetic rows -> conform ->
-read_batches) are sent:
-  A. from 1 OS process: RangeSender + DataHubSdkResource + Ledger + RateLimiter on a
-     Postgres delivery database (bench/upload_worker.py), UploadConfig's thread count;
-  B. from 4 OS processes sharing that Postgres limiter, each sending its own contiguous share;
-  C. the naive baseline: a plain sequential loop calling the same Java SDK through JPype.
-Reported: achieved rate / cap (target >= 0.975), throttled share of requests (target
-<= 0.1%), the endpoint's max admitted per sliding second (<= cap), the ratio to the naive
-loop, and the planner's ETA for the 25M-row reference day at the measured rate (target
-<= 3 h 34 min). Rates are end to end: batches / (last answer - common start instant).
+read_batches) are sent from 1 OS process and from 4 OS processes sharing one Postgres
+delivery database (bench/upload_worker.py: RangeSender + DataHubSdkResource + Ledger +
+RateLimiter, UploadConfig's thread count per process), each with:
+  - the new design: the limiter's THROTTLED feedback, the Java list built before the slot;
+  - the old design: spacing only, the list built inside the slot (upload_worker --design old);
+on a quiet machine and with a CPU burner per core (`--loads`). Optionally (not by default)
+the naive baseline: a plain sequential loop calling the same Java SDK through JPype.
+
+Reported per phase, new against old: achieved rate / cap (target >= 0.97 quiet, >= 0.95
+loaded), THROTTLED share of requests (0 quiet, <= 0.05 % loaded), and the endpoint's max
+*arrivals* per sliding second, THROTTLED requests included (<= cap), next to its max
+admitted. Rates are end to end: batches / (last answer - common start instant). The load
+average is printed with every phase.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import json
 import subprocess
 import sys
@@ -103,6 +110,18 @@ def reset_delivery_db(url: str) -> None:
         engine.dispose()
 
 
+@contextlib.contextmanager
+def cpu_burners(n: int):
+    """n busy loops (one per core), so that the phase runs on a loaded machine."""
+    burners = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
 def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_s: list) -> dict:
     go = results[0]["go"]
     ended = max(r["ended"] for r in results)
@@ -126,6 +145,8 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         "throttled": throttled,
         "throttled_share": throttled / requests if requests else 0.0,
         "max_sliding": stats["max_admitted_per_sliding_second"],
+        "max_arrived": stats["max_arrived_per_sliding_second"],
+        "load_1min": os.getloadavg()[0],
         "seconds_with_arrivals": len(per_second),
         "client_cpu_ms_per_batch": 1000 * sum(r["cpu_s"] for r in results) / max(sent, 1),
         "late_retakes": sum(r.get("late_retakes") or 0 for r in results),
@@ -145,7 +166,8 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         f"  {name}: {sent} batches in {summary['seconds']:.2f} s = {summary['rate']:.3f}/s "
         f"({summary['rate_over_cap']:.4f} of cap); requests {requests}, throttled {throttled}, "
         f"retries {summary['retries']}, failed {summary['batches_failed']}, "
-        f"max admitted per sliding second {summary['max_sliding']}, "
+        f"max per sliding second: arrived {summary['max_arrived']}, admitted {summary['max_sliding']}; "
+        f"load {summary['load_1min']:.2f}, "
         f"client CPU {summary['client_cpu_ms_per_batch']:.2f} ms/batch, late wake-ups re-queued "
         f"{summary['late_retakes']}, cold first call (warm-up, not timed) {summary['cold_first_call_s']}; "
         f"wake-up lateness {summary['wake_lateness_ms']}; gc pauses {summary['gc_pauses']}",
@@ -221,17 +243,24 @@ def hms(seconds: float) -> str:
     return f"{m // 60} h {m % 60:02d} min"
 
 
+TARGETS = {  # per load: (rate / cap, throttled share)
+    "quiet": (">= 0.97", "<= 0"),
+    "loaded": (">= 0.95", "<= 0.0005"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="120 batches a phase: a CI smoke run")
-    parser.add_argument("--batches", type=int, default=None, help="per phase; default 2400 (120 with --small)")
-    parser.add_argument("--naive-batches", type=int, default=None, help="default: --batches (40 with --small)")
+    parser.add_argument("--small", action="store_true", help="120 batches a phase, new design, quiet: a CI smoke run")
+    parser.add_argument("--batches", type=int, default=None, help="per phase; default 1000 (120 with --small)")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="per process; default UploadConfig's")
     parser.add_argument("--cap", type=int, default=20)
     parser.add_argument("--latency-median-ms", type=float, default=150.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=50.0)
-    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--designs", default=None, help="comma-separated: new,old (default both; new with --small)")
+    parser.add_argument("--loads", default=None, help="comma-separated: quiet,loaded (default both; quiet with --small)")
+    parser.add_argument("--naive-batches", type=int, default=0, help="also time the naive SDK loop over this many")
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
     parser.add_argument("--cold", action="store_true", help="no warm-up call: each process's cold JVM is timed too")
     parser.add_argument("--only", choices=["1", "n"], default=None, help="run only the 1-process or the n-process phase")
@@ -239,76 +268,92 @@ def main() -> None:
     parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
     args = parser.parse_args()
 
-    batches_n = args.batches or (120 if args.small else 2400)
-    naive_n = args.naive_batches or (40 if args.small else batches_n)
+    batches_n = args.batches or (120 if args.small else 1000)
+    designs = (args.designs or ("new" if args.small else "new,old")).split(",")
+    loads = (args.loads or ("quiet" if args.small else "quiet,loaded")).split(",")
     cap = args.cap
     # Each phase is bounded: twice the time the cap allows, plus start-up slack.
     phase_timeout = 2 * batches_n / cap + 120
     workdir = Path(tempfile.mkdtemp(prefix="bench-cap-use-"))
     print(f"cap use: {batches_n} batches per phase, cap {cap}/s, latency {args.latency_median_ms:g} "
-          f"+- {args.latency_jitter_ms:g} ms; {benchlib.machine_facts()}; workdir {workdir}", flush=True)
+          f"+- {args.latency_jitter_ms:g} ms; designs {designs}, loads {loads}; {benchlib.machine_facts()}; "
+          f"workdir {workdir}", flush=True)
 
     jar = benchlib.build_sdk_jar()
     contract, snapshot, all_batches = benchlib.make_snapshot_batches(workdir, batches_n + args.processes, DAY)
     batches = all_batches[:batches_n]  # the rest: one warm-up batch per worker
+    ids = [json.loads(r)["id"] for b in batches for r in b.rows]
+    summaries = {}  # (load, n, design) -> summary
+    naive = None
     with benchlib.scratch_database("datahub_bench_cap") as url, benchlib.endpoint_with_keys(
         workdir, cap=cap, latency_median_ms=args.latency_median_ms, latency_jitter_ms=args.latency_jitter_ms
     ) as (endpoint, keys):
-        summaries = []
-        phases = {"1": (1,), "n": (args.processes,), None: (1, args.processes)}[args.only]
-        for n in phases:
-            reset_delivery_db(url)
-            endpoint.reset()
-            results, warm_s = run_workers(
-                n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
-                warm=not args.cold, on_ready=endpoint.reset,
-                extra=(("--late-tolerance-ms", str(args.late_tolerance_ms)) if args.late_tolerance_ms is not None else ()),
-            )
-            summaries.append(
-                phase_summary(f"{n} process{'es' if n > 1 else ''}", results, endpoint.stats(), cap, warm_s)
-            )
-            ids = [json.loads(r)["id"] for b in batches for r in b.rows]
-            rec = endpoint.reconcile(contract.data_uuid, ids)
-            if rec["missing"]:
-                raise SystemExit(f"{rec['missing']} rows missing at the endpoint after {summaries[-1]['name']}")
-        naive = None
-        if not args.skip_naive:
-            naive = naive_phase(jar, keys, contract.data_uuid, batches[:naive_n], endpoint, phase_timeout * 4)
+        counts = {"1": (1,), "n": (args.processes,), None: (1, args.processes)}[args.only]
+        for load in loads:
+            with cpu_burners(os.cpu_count() or 2) if load == "loaded" else contextlib.nullcontext():
+                for n in counts:
+                    for design in designs:
+                        reset_delivery_db(url)
+                        endpoint.reset()
+                        results, warm_s = run_workers(
+                            n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
+                            warm=not args.cold, on_ready=endpoint.reset,
+                            extra=("--design", design, *(
+                                ("--late-tolerance-ms", str(args.late_tolerance_ms))
+                                if args.late_tolerance_ms is not None else ()
+                            )),
+                        )
+                        name = f"{design} design, {load}, {n} process{'es' if n > 1 else ''}"
+                        summaries[load, n, design] = phase_summary(name, results, endpoint.stats(), cap, warm_s)
+                        rec = endpoint.reconcile(contract.data_uuid, ids)
+                        if rec["missing"]:
+                            raise SystemExit(f"{rec['missing']} rows missing at the endpoint after {name}")
+        if args.naive_batches:
+            naive = naive_phase(jar, keys, contract.data_uuid, batches[: args.naive_batches], endpoint, phase_timeout * 4)
 
-    if len(summaries) == 1:
-        summaries = summaries * 2  # one phase asked for: report it in both places
-    one, many = summaries
-    naive_rate = naive["rate"] if naive else None
-    naive_name = f"naive sequential SDK loop, {naive['batches']} batches" if naive else "not run"
     results = []
-    for s in summaries:
-        label = f"{s['processes']} proc x {s['threads_per_process']} threads"
+    for (load, n, design), s in summaries.items():
+        if design == "old" and (load, n, "new") in summaries:
+            continue  # reported as the baseline of the new design's row
+        old = summaries.get((load, n, "old")) if design == "new" else None
+        rate_target, throttled_target = TARGETS[load]
+        label = f"{design}, {load}, {n} proc x {s['threads_per_process']} thr"
+        base = "old design, same run" if old else ""
+        load_note = f"load {s['load_1min']:.2f}" + (f" (old: {old['load_1min']:.2f})" if old else "")
         results += [
-            Result(f"rate / cap, {label}", s["rate_over_cap"], naive_rate / cap if naive else None, "",
-                   target=">= 0.975", baseline_name=naive_name,
-                   note=f"{s['batches_sent']} batches in {s['seconds']:.1f} s = {s['rate']:.3f}/s"),
-            Result(f"throttled share, {label}", s["throttled_share"], naive["throttled_share"] if naive else None, "",
-                   target="<= 0.001", baseline_name=naive_name,
-                   note=f"{s['throttled']} of {s['requests']} requests"),
-            Result(f"max admitted / sliding s, {label}", s["max_sliding"], cap, "",
-                   target=f"<= {cap}", baseline_name="the cap"),
+            Result(f"rate / cap, {label}", s["rate_over_cap"], old and old["rate_over_cap"], "",
+                   target=rate_target, baseline_name=base,
+                   note=f"{s['batches_sent']} batches in {s['seconds']:.1f} s = {s['rate']:.3f}/s; {load_note}"),
+            Result(f"throttled share, {label}", s["throttled_share"], old and old["throttled_share"], "",
+                   target=throttled_target, baseline_name=base,
+                   note=f"{s['throttled']} of {s['requests']} requests"
+                   + (f" (old: {old['throttled']} of {old['requests']})" if old else "")),
+            Result(f"max arrivals / sliding s, {label}", s["max_arrived"], old and old["max_arrived"], "",
+                   target=f"<= {cap}", baseline_name=base,
+                   note=f"max admitted {s['max_sliding']}" + (f" (old: {old['max_sliding']})" if old else "")),
         ]
     if naive:
-        results.append(
-            Result("rate vs naive loop, 1 process", one["rate"], naive_rate, "b/s", baseline_name=naive_name,
-                   note="ratio = platform rate / naive rate")
-        )
-    doc_s = REFERENCE_ROWS / 100 / cap
-    for s in summaries if summaries[0] is not summaries[1] else summaries[:1]:
-        day_plan = projection(s["rate"], cap)
-        results.append(
-            Result(f"ETA of 25M rows at the {s['processes']}-process rate", day_plan.duration_s, doc_s, "s",
-                   target=f"<= {ETA_TARGET_S}", baseline_name="the partner's 12,500 s at the full cap",
-                   note=f"{hms(day_plan.duration_s)} at {s['rate']:.3f}/s (planner.plan); target 3 h 34 min")
-        )
+        one = summaries.get((loads[0], 1, designs[0]))
+        if one:
+            results.append(
+                Result("rate vs naive loop, 1 process", one["rate"], naive["rate"], "b/s",
+                       baseline_name=f"naive sequential SDK loop, {naive['batches']} batches",
+                       note="ratio = platform rate / naive rate")
+            )
+    for n in (1, args.processes):
+        s = summaries.get(("quiet", n, "new"))
+        if s:
+            day_plan = projection(s["rate"], cap)
+            results.append(
+                Result(f"ETA of 25M rows at the new design's quiet {n}-process rate", day_plan.duration_s,
+                       REFERENCE_ROWS / 100 / cap, "s", target=f"<= {ETA_TARGET_S}",
+                       baseline_name="the partner's 12,500 s at the full cap",
+                       note=f"{hms(day_plan.duration_s)} at {s['rate']:.3f}/s (planner.plan); target 3 h 34 min")
+            )
     benchlib.remove_scratch(workdir)
     benchlib.report(f"cap use ({batches_n} batches per phase)", results, args.md)
-    (workdir / "summary.json").write_text(json.dumps({"phases": summaries, "naive": naive}, indent=1))
+    phases = [{"load": k[0], "processes": k[1], "design": k[2], **v} for k, v in summaries.items()]
+    (workdir / "summary.json").write_text(json.dumps({"phases": phases, "naive": naive}, indent=1))
     print(f"raw figures: {workdir / 'summary.json'}")
 
 

@@ -42,6 +42,10 @@ def main() -> None:
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
     parser.add_argument("--warm-batch", type=int, default=None, help="send this batch first, before ready")
     parser.add_argument("--trace", type=Path, default=None, help="write per-attempt timings (JSON lines) here")
+    parser.add_argument(
+        "--design", choices=["new", "old"], default="new",
+        help="old: the baseline before issue 11 (spacing only, no THROTTLED feedback, Java list built in the slot)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from datahub_assets.contract import load_contract
@@ -68,11 +72,12 @@ def main() -> None:
         limiter.late_tolerance = args.late_tolerance_ms / 1000
     limiter.lateness_samples = []  # diagnostics: how late each wake-up for a slot was
 
+    client = sdk
+    if args.design == "old":
+        client, limiter = old_design(sdk, limiter)
     trace: list[tuple] = []
     if args.trace:
-        client, ledger, limiter = traced(sdk, ledger, limiter, trace)
-    else:
-        client = sdk
+        client, ledger, limiter = traced(client, ledger, limiter, trace)
     sender = RangeSender(
         client=client,
         ledger=ledger,
@@ -149,6 +154,32 @@ def main() -> None:
     os._exit(0)
 
 
+def old_design(sdk, limiter):
+    """The design the new one is measured against, on the same code otherwise: the limiter
+    spaces slots one interval apart whatever the caller expects and ignores THROTTLED
+    answers, and the rows become a Java list inside the slot (the SDK adapter converts
+    Python strings itself)."""
+
+    class InSlotConversion:
+        def prepare(self, rows: list[str]):
+            return rows
+
+        def upload(self, *, data_uuid: str, rows):
+            return sdk.upload(data_uuid=data_uuid, rows=rows)
+
+    class SpacingOnly:
+        def __getattr__(self, name):  # acquire(), exclusive(), interval, ...
+            return getattr(limiter, name)
+
+        def acquire(self, priority: bool, late_by_s: float = 0.0) -> None:
+            limiter.acquire(priority)  # every slot one interval, whatever the caller expects
+
+        def throttled(self) -> None:
+            pass
+
+    return InSlotConversion(), SpacingOnly()
+
+
 def gc_pause_recorder() -> dict:
     """Record the interpreter's garbage-collection pauses (ms) per generation, as they happen."""
     import gc
@@ -171,12 +202,12 @@ def traced(client, ledger, limiter, out: list):
     import threading
 
     class TracedLimiter:
-        def __getattr__(self, name):  # exclusive(), interval, ...
+        def __getattr__(self, name):  # exclusive(), throttled(), interval, ...
             return getattr(limiter, name)
 
-        def acquire(self, priority: bool):
+        def acquire(self, priority: bool, late_by_s: float = 0.0):
             t0 = time.time()
-            r = limiter.acquire(priority)
+            r = limiter.acquire(priority, late_by_s)
             out.append(("acquire", threading.get_ident(), t0, time.time(), None))
             return r
 
@@ -195,10 +226,13 @@ def traced(client, ledger, limiter, out: list):
     class TracedClient:
         key_id = client.key_id
 
-        def upload(self, *, data_uuid: str, rows: list[str]):
+        def prepare(self, rows: list[str]):
+            return client.prepare(rows)
+
+        def upload(self, *, data_uuid: str, rows):
             t0 = time.time()
             outcome = client.upload(data_uuid=data_uuid, rows=rows)
-            out.append(("upload", threading.get_ident(), t0, time.time(), outcome.code))
+            out.append(("upload", threading.get_ident(), t0, time.time(), outcome.code, outcome.trace_id))
             return outcome
 
     return TracedClient(), TracedLedger(), TracedLimiter()

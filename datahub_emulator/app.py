@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,39 +62,56 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        store = Store(db_path)
+        # The one thread that runs the service: requests are processed one at a time, in
+        # the order they arrived, while the event loop stays free to receive and stamp
+        # the next ones.
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datahub-service")
+        holder["worker"] = worker
+        store = await _on(worker, Store, db_path)
         holder["service"] = UploadService(store, faults)
         holder["release"] = asyncio.Event()
         try:
             yield
         finally:
-            store.close()
+            await _on(worker, store.close)
+            worker.shutdown()
 
     def service() -> UploadService:
         service: UploadService = holder["service"]
         return service
 
+    def on_service(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """Run fn on the service's thread, after the requests that arrived before."""
+        return _on(holder["worker"], fn, *args)
+
     async def upload(request: Request) -> Response:
         body = await request.body()
-        # Everything up to the answer is synchronous, so arrival and admission share
-        # one clock reading and the throttle sees requests in arrival order.
-        answer, delay = service().handle(body, request.headers, time.time())
+        # Arrival is stamped here, on the event loop, as soon as the request is in: a
+        # gateway counts requests at its edge, however long the ones before take to
+        # process. The stamp and the hand-over to the service's one thread happen with no
+        # await between, so the throttle sees requests in arrival order.
+        arrived = time.time()
+        answer, delay = await on_service(service().handle, body, request.headers, arrived)
         if delay:
             await _delay(delay, holder["release"])
         return JSONResponse(answer)
 
     async def register(request: Request) -> Response:
         registration = admin.parse_registration(await _json(request))
-        try:
+
+        def register_and_refresh() -> None:
             service().store.register(registration)
+            service().on_registrations_changed()
+
+        try:
+            await on_service(register_and_refresh)
         except RegistrationConflict as conflict:
             return JSONResponse({"error": str(conflict)}, status_code=409)
-        service().on_registrations_changed()
         return JSONResponse({"registered": registration.client_id})
 
     async def revoke(request: Request) -> Response:
         institution_id, data_uuid = admin.parse_revoke(await _json(request))
-        return JSONResponse({"revoked": service().store.revoke(institution_id, data_uuid)})
+        return JSONResponse({"revoked": await on_service(service().store.revoke, institution_id, data_uuid)})
 
     async def get_faults(_: Request) -> Response:
         return JSONResponse(service().injector.config.to_json())
@@ -104,17 +122,18 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
             raise admin.AdminError("body must be a JSON object")
         injector = service().injector
         try:
-            injector.configure(injector.config.merged(patch))
+            config = injector.config.merged(patch)
         except ValueError as error:
             raise admin.AdminError(str(error)) from None
+        await on_service(injector.configure, config)
         return JSONResponse(injector.config.to_json())
 
     async def stats(_: Request) -> Response:
-        return JSONResponse(service().stats())
+        return JSONResponse(await on_service(service().stats))
 
     async def reconcile(request: Request) -> Response:
         data_uuid, ids = admin.parse_reconcile(await _json(request))
-        result = service().store.reconcile(data_uuid, ids)
+        result = await on_service(service().store.reconcile, data_uuid, ids)
         return JSONResponse(
             {
                 "expected": result.expected,
@@ -130,7 +149,7 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
         return JSONResponse({"batches": service().store.receipts_by_batch(data_uuid, batches)})
 
     async def reset(_: Request) -> Response:
-        service().reset()
+        await on_service(service().reset)
         # Answers still held by injected latency go out now: a reset starts afresh.
         holder["release"].set()
         holder["release"] = asyncio.Event()
@@ -157,6 +176,10 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
     ]
     limits = {UPLOAD_PATH: MAX_UPLOAD_BYTES, "/admin/reconcile": MAX_RECONCILE_BYTES, "/admin/receipts": MAX_RECONCILE_BYTES}
     return BodyLimit(Starlette(routes=routes, lifespan=lifespan), limits, MAX_OTHER_BYTES)
+
+
+def _on(worker: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    return asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
 
 async def _delay(seconds: float, release: asyncio.Event) -> None:

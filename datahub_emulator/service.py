@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class UploadService:
-    """Answers one upload request at a time; call it from a single event loop only."""
+    """Answers one upload request at a time: call it from one thread only (the endpoint's
+    service thread), in the order the requests arrived."""
 
     def __init__(self, store: Store, faults: FaultConfig) -> None:
         self.store = store
@@ -158,6 +159,9 @@ class UploadService:
             "rows_accepted": store.rows_accepted(),
             "per_second": store.per_second(),
             "max_admitted_per_sliding_second": max_in_window(store.admitted_times()),
+            # Every request that arrived counts here, THROTTLED ones too: what a client
+            # that keeps to the cap must hold at or below it.
+            "max_arrived_per_sliding_second": max_in_window(store.arrival_times()),
             "cap": self.injector.config.cap,
         }
 

@@ -343,6 +343,11 @@ class Store:
         query = "SELECT arrived_at FROM receipts WHERE admitted = 1 ORDER BY arrived_at"
         return (row[0] for row in self._db.execute(query))
 
+    def arrival_times(self) -> Iterator[float]:
+        """Every upload's arrival, admitted or not (THROTTLED, refused)."""
+        query = "SELECT arrived_at FROM receipts ORDER BY arrived_at"
+        return (row[0] for row in self._db.execute(query))
+
     def rows_accepted(self) -> int:
         query = "SELECT COALESCE(SUM(rows), 0) FROM receipts WHERE status = 'S'"
         return int(self._db.execute(query).fetchone()[0])

@@ -87,7 +87,10 @@ class NoSendClient:
     def start(self) -> None:
         raise AssertionError("this run was expected to send nothing")
 
-    def upload(self, *, data_uuid: str, rows: list[str]):  # noqa: ANN201
+    def prepare(self, rows: list[str]):
+        raise AssertionError("this run was expected to send nothing")
+
+    def upload(self, *, data_uuid: str, rows):
         raise AssertionError("this run was expected to send nothing")
 
 

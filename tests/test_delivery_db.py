@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.database import NOW
-from datahub_assets.upload.limiter import RateLimiter, limiter_table
+from datahub_assets.upload.limiter import CREEP_BACK, MAX_SLOWDOWN, THROTTLED_KICK, RateLimiter, limiter_table
 from datahub_emulator.service import max_in_window
 
 UUID = "6b42f8c92190425fa2d8d92ff723a11a"
@@ -182,6 +182,76 @@ def test_a_caller_that_wakes_late_gives_up_its_slot_and_takes_a_new_one(delivery
     assert json.loads(out) == {"late_retakes": 1}
     # The missed slot stays unused: the new one was taken after the wake-up.
     assert _next_slot_and_now(delivery_engine, "late")[0] > slot + 0.5 + limiter.interval
+
+
+THROTTLED_CALLER = """
+import sys
+from datahub_assets.upload.limiter import RateLimiter
+from datahub_assets.upload.resources import create_delivery_engine
+limiter = RateLimiter(create_delivery_engine(sys.argv[1]), cap_per_second=20, name="kick")
+limiter.throttled()
+limiter.throttled()
+"""
+
+
+def test_a_throttled_answer_in_one_process_slows_every_sender_and_the_spacing_creeps_back(
+    delivery_url, delivery_engine
+):
+    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="kick")
+    # Another process (another machine: the row is all they share) is answered THROTTLED twice.
+    subprocess.run([sys.executable, "-c", THROTTLED_CALLER, delivery_url], check=True, timeout=60)
+    slowdown = 2 * THROTTLED_KICK * limiter.interval
+    assert limiter.slowdown() == pytest.approx(slowdown)
+
+    # This process's next slot is widened by it: the slot after it comes one interval
+    # plus the slowdown later, and the slowdown shrinks by CREEP_BACK.
+    t = limiter_table
+    with delivery_engine.begin() as conn:
+        now = NOW[delivery_engine.dialect.name]
+        conn.execute(sa.update(t).where(t.c.name == "kick").values(next_slot=now + 0.2))
+    slot, _ = _next_slot_and_now(delivery_engine, "kick")
+    limiter.acquire(priority=True)
+    assert _next_slot_and_now(delivery_engine, "kick")[0] == pytest.approx(slot + limiter.interval + slowdown)
+    assert limiter.slowdown() == pytest.approx(slowdown * CREEP_BACK)
+
+
+def test_a_caller_that_will_send_late_keeps_the_next_caller_out_that_much_longer(delivery_engine):
+    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="late_by")
+    t = limiter_table
+    with delivery_engine.begin() as conn:
+        now = NOW[delivery_engine.dialect.name]
+        conn.execute(sa.update(t).where(t.c.name == "late_by").values(next_slot=now + 0.2))
+    slot, _ = _next_slot_and_now(delivery_engine, "late_by")
+    limiter.acquire(priority=True, late_by_s=0.3)
+    assert _next_slot_and_now(delivery_engine, "late_by")[0] == pytest.approx(slot + limiter.interval + 0.3)
+
+
+def test_the_slowdown_after_throttled_answers_is_bounded(delivery_engine):
+    limiter = RateLimiter(delivery_engine, cap_per_second=20, name="bounded")
+    for _ in range(int(MAX_SLOWDOWN / THROTTLED_KICK) + 5):
+        limiter.throttled()
+    assert limiter.slowdown() == pytest.approx(MAX_SLOWDOWN * limiter.interval)
+
+
+def test_a_limiter_row_from_before_the_slowdown_column_gets_it(delivery_url):
+    from datahub_assets.upload.resources import create_delivery_engine
+
+    engine = create_delivery_engine(delivery_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE rate_limiter"))
+            conn.execute(sa.text("CREATE TABLE rate_limiter (name VARCHAR(64) PRIMARY KEY, next_slot FLOAT NOT NULL)"))
+            conn.execute(sa.text("INSERT INTO rate_limiter VALUES ('old', 5.0)"))
+    finally:
+        engine.dispose()
+    engine = create_delivery_engine(delivery_url)
+    try:
+        limiter = RateLimiter(engine, cap_per_second=20, name="old")
+        assert limiter.slowdown() == 0
+        limiter.throttled()
+        assert limiter.slowdown() > 0
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("headroom", [0.0, 1.5])

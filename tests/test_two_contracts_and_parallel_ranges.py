@@ -137,14 +137,16 @@ def test_four_ranges_in_four_processes_never_exceed_the_cap(
         )
         for (day, r), log in zip(runs, logs)
     ]
-    codes = [w.wait(timeout=180) for w in workers]
+    codes = [w.wait(timeout=600) for w in workers]  # a hang guard, generous for a loaded machine
     assert codes == [0, 0, 0, 0], "\n".join(log.read_text()[-3000:] for log, c in zip(logs, codes) if c)
 
     # What the design guarantees, whatever the machine's load: every batch acknowledged
-    # exactly once, and every throttled request retried until acknowledged. Arrivals per
-    # sliding second, cap use and how the lanes share the cap depend on scheduling
-    # jitter: bench/cap_use.py measures them.
+    # exactly once, no more than the cap admitted in any sliding second, and every
+    # throttled request retried until acknowledged. Arrivals per sliding second, cap use
+    # and how the lanes share the cap depend on scheduling jitter: bench/cap_use.py
+    # measures them.
     stats = datahub_endpoint.stats()
+    assert stats["max_admitted_per_sliding_second"] <= 20
     throttled = stats["by_code"].get("THROTTLED", 0)
     assert stats["by_code"].get("SUCCESS", 0) == 360
     assert stats["requests"] == 360 + throttled, stats["by_code"]

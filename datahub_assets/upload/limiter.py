@@ -17,19 +17,49 @@ limiter_table = sa.Table(
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("next_slot", sa.Float, nullable=False),  # epoch seconds, database clock
+    # Seconds added to the spacing after THROTTLED answers; shrinks back slot by slot.
+    sa.Column("slowdown", sa.Float, nullable=False, server_default="0"),
 )
 
 
 _MAX_LATE_RETAKES = 20  # bounds the loop; past it the caller sends in its (late) slot
 
+# Feedback from the partner. Each THROTTLED answer, whichever machine got it, adds
+# THROTTLED_KICK intervals to the spacing of every later slot (up to MAX_SLOWDOWN
+# intervals); each slot taken keeps CREEP_BACK of the slowdown, so it halves in about
+# 70 slots (3.5 s at the cap). One throttle so costs about KICK / (1 - CREEP_BACK) =
+# 5 slots. At a steady share p of throttled requests the slowdown settles at 5p
+# intervals: 0.1 interval (5 ms) at 2 %. It is a brake for a machine that stays loaded,
+# not a cure for a rare late request: that is the margin's job.
+THROTTLED_KICK = 0.05
+CREEP_BACK = 0.99
+MAX_SLOWDOWN = 0.5
+
 
 class RateLimiter:
-    """A global spacing limiter: at most one slot every 1 / (cap x headroom) seconds.
+    """A global spacing limiter, slowed down by the partner's THROTTLED answers.
 
-    One atomic UPDATE reserves the next slot for the caller, who then sleeps until it.
-    Consecutive slots are spaced by `interval`, so any cap+1 slots span at least
-    cap x interval = 1 / headroom > 1 s: the cap holds in every sliding second with a
-    margin for the jitter between taking a slot and the request's arrival.
+    The partner counts requests when they *arrive*, in every sliding second. This
+    limiter can only decide when a request *leaves*; the time in between (the SDK's
+    encryption and signature, the HTTP hand-over, the scheduler) varies by a few ms
+    quiet and by tens of ms on a loaded machine. So:
+
+    - Spacing. One atomic UPDATE reserves the next slot for the caller, who then sleeps
+      until it. Slots are `interval` = 1 / (cap x headroom) apart, so any cap+1 slots
+      span 1 / headroom s: with headroom 0.98, 20 ms more than the partner's second.
+      That margin is what a request may lose to the jitter between its slot and its
+      arrival without pushing a sliding second over the cap. A caller that wakes too
+      late for its slot does not use it (see `_take`).
+    - Feedback. A THROTTLED answer means the jitter beat the margin. `throttled()`
+      widens the spacing of every later slot, on every machine (the slowdown lives in
+      the shared row), and the spacing creeps back to `interval` slot by slot. A
+      machine that is loaded for a while (jitter above the margin) so settles at a
+      spacing that suits it, and goes back to full speed when the load goes.
+    - Known lateness. A caller that knows its request will leave late (see
+      `acquire(late_by_s=...)`) keeps the next caller out for that much longer.
+
+    Both live in one row of the delivery database and run on the database's clock, so
+    skewed machine clocks change nothing.
 
     Priority: a caller for the current day queues for the next slot. A backfill only
     takes a slot that is free right now, so it uses what the current day leaves over
@@ -50,28 +80,41 @@ class RateLimiter:
         now = NOW[engine.dialect.name]
         t = limiter_table
         with engine.begin() as conn:
-            stmt = insert(engine, t).values(name=name, next_slot=0.0)
+            stmt = insert(engine, t).values(name=name, next_slot=0.0, slowdown=0.0)
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
         # `step` is how long the slot keeps the next caller out: one interval, or a
-        # hold (see `exclusive`).
+        # hold (see `exclusive`); the slowdown comes on top, and shrinks by CREEP_BACK.
+        # RETURNING shows the row as updated, so the slowdown this slot paid is
+        # slowdown / CREEP_BACK.
         step = sa.bindparam("step", type_=sa.Float)
+        paid = t.c.slowdown / CREEP_BACK
         slot = sa.case((t.c.next_slot > now, t.c.next_slot), else_=now)
         self._reserve = (
             sa.update(t)
             .where(t.c.name == name)
-            .values(next_slot=slot + step)
-            .returning((t.c.next_slot - step - now).label("wait"), t.c.next_slot)
+            .values(next_slot=slot + step + t.c.slowdown, slowdown=t.c.slowdown * CREEP_BACK)
+            .returning((t.c.next_slot - step - paid - now).label("wait"), t.c.next_slot)
         )
         self._take_if_free = (
             sa.update(t)
             .where(t.c.name == name, t.c.next_slot <= now)
-            .values(next_slot=now + step)
+            .values(next_slot=now + step + t.c.slowdown, slowdown=t.c.slowdown * CREEP_BACK)
             .returning(sa.literal(0.0, sa.Float).label("wait"), t.c.next_slot)
         )
         self._release_hold = (
             sa.update(t)
             .where(t.c.name == name, t.c.next_slot == sa.bindparam("held", type_=sa.Float))
-            .values(next_slot=now + self.interval)
+            .values(next_slot=now + self.interval + t.c.slowdown)
+        )
+        widened = t.c.slowdown + THROTTLED_KICK * self.interval
+        self._slow_down = (
+            sa.update(t)
+            .where(t.c.name == name)
+            .values(
+                slowdown=sa.case(
+                    (widened > MAX_SLOWDOWN * self.interval, MAX_SLOWDOWN * self.interval), else_=widened
+                )
+            )
         )
 
     def _take(self, priority: bool, step: float) -> float:
@@ -105,9 +148,14 @@ class RateLimiter:
             self.late_retakes += 1
         return row.next_slot
 
-    def acquire(self, priority: bool) -> None:
-        """Block until the caller holds a slot."""
-        self._take(priority, self.interval)
+    def acquire(self, priority: bool, late_by_s: float = 0.0) -> None:
+        """Block until the caller holds a slot.
+
+        late_by_s: how much later than usual the caller expects its request to leave
+        after the slot (a cold JVM still compiling the SDK's code). The next slot comes
+        that much later too, so the late request cannot bunch up with the next ones.
+        """
+        self._take(priority, self.interval + max(late_by_s, 0.0))
 
     @contextmanager
     def exclusive(self, priority: bool, max_hold_s: float = 2.0) -> Iterator[None]:
@@ -124,4 +172,13 @@ class RateLimiter:
             with self._engine.begin() as conn:
                 conn.execute(self._release_hold, {"held": held})
 
+    def throttled(self) -> None:
+        """The partner answered THROTTLED: widen the spacing of every sender's later slots."""
+        with self._engine.begin() as conn:
+            conn.execute(self._slow_down)
 
+    def slowdown(self) -> float:
+        """The seconds the spacing is currently widened by (diagnostics, tests)."""
+        with self._engine.connect() as conn:
+            t = limiter_table
+            return conn.execute(sa.select(t.c.slowdown).where(t.c.name == self.name)).scalar_one()

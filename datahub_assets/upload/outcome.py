@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class BatchStatus(StrEnum):
@@ -51,4 +51,11 @@ class UploadClient(Protocol):
         """Get ready to send; a configuration error surfaces here, before anything is recorded."""
         ...
 
-    def upload(self, *, data_uuid: str, rows: list[str]) -> UploadOutcome: ...
+    def prepare(self, rows: list[str]) -> Any:
+        """The batch's rows in the form `upload` sends. Called before the limiter slot is
+        taken, so that only the send itself sits between the slot and the request."""
+        ...
+
+    def upload(self, *, data_uuid: str, rows: Any) -> UploadOutcome:
+        """Send one batch whose rows came from `prepare`."""
+        ...

@@ -38,21 +38,25 @@ def create_delivery_engine(url: str) -> sa.Engine:
 
 
 # Columns added since the first release, created on databases that predate them.
-ADDED_COLUMNS = {"upload_ledger": ("data_key_id",)}
+ADDED_COLUMNS = {"upload_ledger": ("data_key_id",), "rate_limiter": ("slowdown",)}
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
-    """ALTER TABLE ... ADD COLUMN for each added column a database lacks (nullable, so no
-    row is rewritten). Idempotent; a concurrent uploader adding it first is fine."""
+    """ALTER TABLE ... ADD COLUMN for each added column a database lacks, with the
+    column's type and server default. Idempotent; uploaders starting together may race
+    to add it, and the loser finds it there."""
     for table, columns in ADDED_COLUMNS.items():
         present = {c["name"] for c in sa.inspect(engine).get_columns(table)}
         for name in columns:
             if name in present:
                 continue
-            column_type = metadata.tables[table].c[name].type.compile(engine.dialect)
+            column = metadata.tables[table].c[name]
+            ddl = f'ALTER TABLE "{table}" ADD COLUMN "{name}" {column.type.compile(engine.dialect)}'
+            if column.server_default is not None:
+                ddl += f" NOT NULL DEFAULT {column.server_default.arg}"
             try:
                 with engine.begin() as conn:
-                    conn.execute(sa.text(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {column_type}'))
+                    conn.execute(sa.text(ddl))
             except sa.exc.DBAPIError:
                 if name not in {c["name"] for c in sa.inspect(engine).get_columns(table)}:
                     raise

@@ -258,14 +258,25 @@ def open_client(keys_path: str):  # noqa: ANN201
     return jpype.JClass(SDK_CLIENT_CLASS)(keys_path)
 
 
-def upload_batch(client, data_uuid: str, rows: list[str]) -> UploadOutcome:  # noqa: ANN001
-    """The adapter, part two: the SDK's call and result."""
+def java_rows(rows: list[str]):
+    """The adapter, part two: a batch's rows as the SDK takes them (a java.util.List).
+
+    Built before the limiter slot is taken, so that nothing but the SDK call sits between
+    the slot and the request."""
     import jpype
     from java.util import ArrayList, Arrays  # needs `import jpype.imports`, done in open_client
 
     # One conversion into a Java String[] instead of a call per row; the SDK gets a
     # mutable java.util.List, as a caller in Java would pass.
-    data = ArrayList(Arrays.asList(jpype.JArray(jpype.JString)(rows)))
+    return ArrayList(Arrays.asList(jpype.JArray(jpype.JString)(rows)))
+
+
+def upload_batch(client, data_uuid: str, rows) -> UploadOutcome:  # noqa: ANN001
+    """The adapter, part three: the SDK's call and result. `rows` is the list from
+    `java_rows` (Python strings are converted here)."""
+    import jpype
+
+    data = rows if isinstance(rows, jpype.JObject) else java_rows(rows)
     try:
         result = client.uploadData(data_uuid, data)
     except jpype.JException as exc:
@@ -420,8 +431,14 @@ class DataHubSdkResource(dg.ConfigurableResource):
                     ) from None
             return self._client
 
-    def upload(self, *, data_uuid: str, rows: list[str]) -> UploadOutcome:
-        """Send one batch; thread-safe (the SDK client is shared by the upload threads)."""
+    def prepare(self, rows: list[str]):
+        """A batch's rows as the SDK takes them, for `upload`."""
+        self._open_client()  # the JVM, which the Java list lives in
+        return java_rows(rows)
+
+    def upload(self, *, data_uuid: str, rows) -> UploadOutcome:
+        """Send one batch (rows from `prepare`); thread-safe (the SDK client is shared by
+        the upload threads)."""
         return upload_batch(self._open_client(), data_uuid, rows)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

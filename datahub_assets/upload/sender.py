@@ -33,6 +33,34 @@ from datahub_assets.upload.outcome import BatchStatus, UploadClient, UploadOutco
 # process) is warm, and no later send needs to go alone.
 _process_has_uploaded = threading.Event()
 
+
+class _SdkWork:
+    """How long the SDK works on the calling thread before its request leaves.
+
+    The SDK encrypts every value and signs the request on the calling thread, and only
+    then hands the request to its HTTP client. Warm, that is about 3 ms of CPU. While
+    the JVM still compiles the SDK's code (the first minute or so of a process, longer
+    on a busy machine) it is tens to hundreds of ms, and varies from call to call: a
+    request that leaves that late can arrive among the requests of later slots. The
+    CPU time of the latest call (the calling thread's, so time spent descheduled does
+    not count) predicts the next one's; the limiter keeps the next caller out for the
+    part of it beyond what its margin absorbs.
+    """
+
+    latest_cpu_s = 0.0  # one per process: the JVM's state is the process's
+    # A bound on the extra spacing one call asks for: a longer pause would stall every
+    # sender (and leave ranges without a ledger write, which renews their leases).
+    MAX_LATE_BY_S = 0.5
+
+    @classmethod
+    def measure(cls, call):
+        started = time.thread_time()
+        try:
+            return call()
+        finally:
+            cls.latest_cpu_s = time.thread_time() - started
+
+
 _gc_frozen_lock = threading.Lock()
 _gc_frozen_senders = 0
 
@@ -180,6 +208,7 @@ class RangeSender:
             return
         attempt = 0  # attempts that count against the budget: THROTTLED ones do not
         calls = 0
+        rows = self._client.prepare(batch.rows)  # before any slot: see _send_in_slot
         while True:
             attempt += 1
             calls += 1
@@ -188,7 +217,7 @@ class RangeSender:
             self._ledger.mark_sending(
                 self._data_uuid, self._day, batch.number, batch.content_hash, self._lease, self._client.key_id
             )
-            outcome = self._send_in_slot(batch, alone=alone and calls == 1)
+            outcome = self._send_in_slot(rows, alone=alone and calls == 1)
             self._ledger.record_result(
                 self._data_uuid, self._day, batch.number, outcome.status, outcome.code, outcome.trace_id
             )
@@ -202,6 +231,9 @@ class RangeSender:
                     self._report.batches_sent += 1
                     self._report.rows_sent += len(batch.rows)
                 return
+            if throttled:
+                # Every sender slows down: the partner counted more than its cap.
+                self._limiter.throttled()
             if throttled and calls < MAX_CALLS_PER_BATCH:
                 # The partner refused it unseen, for the cap alone: not a failed attempt.
                 attempt -= 1
@@ -221,20 +253,26 @@ class RangeSender:
                 return
             time.sleep(self._retry.delay(attempt))
 
-    def _send_in_slot(self, batch: Batch, alone: bool) -> UploadOutcome:
+    def _send_in_slot(self, rows: object, alone: bool) -> UploadOutcome:
+        """One SDK call in a limiter slot. Between the slot and the call there is only an
+        in-memory lease check: the rows were converted (`prepare`) and the ledger marked
+        before the slot, so the request leaves as soon after its slot as it can."""
         if alone:
+            # Not measured: the first call's class loading is a one-off, not the next
+            # call's send delay.
             with self._limiter.exclusive(priority=self._priority):
-                outcome = self._upload(batch)
+                outcome = self._upload(rows)
         else:
-            self._limiter.acquire(priority=self._priority)
-            outcome = self._upload(batch)
+            late_by = min(_SdkWork.latest_cpu_s - self._limiter.late_tolerance, _SdkWork.MAX_LATE_BY_S)
+            self._limiter.acquire(priority=self._priority, late_by_s=late_by)
+            outcome = _SdkWork.measure(lambda: self._upload(rows))
         _process_has_uploaded.set()  # one call has run through the SDK: its code paths are warm
         return outcome
 
-    def _upload(self, batch: Batch) -> UploadOutcome:
+    def _upload(self, rows: object) -> UploadOutcome:
         if self._lease is not None:
             self._lease.check()  # lost while waiting for the slot: send nothing more
-        return self._client.upload(data_uuid=self._data_uuid, rows=batch.rows)
+        return self._client.upload(data_uuid=self._data_uuid, rows=rows)
 
     def _tick(self, started: float, total: int, done: threading.Event) -> None:
         """Progress at a steady cadence, not once per batch."""
