@@ -5,8 +5,9 @@ Outcomes: S is done. U, or an SDK exception, is retried with backoff and
 jitter, and every retry takes a limiter slot. PARAM_ILLEGAL, DATA_CHECK_FAILED and
 any other F are never retried blindly: the batch is marked failed and the others go
 on, except after a refusal of the client's keys (signature, client, grant), which
-every batch would meet: the range then stops sending. A crash loses nothing: the ledger skips batches acknowledged with S and an
-unchanged content hash, so a rerun re-sends at most the batches that were in flight.
+every batch would meet: the range then stops sending. A crash loses nothing: the
+ledger skips batches acknowledged with S and an unchanged content hash, so a rerun
+re-sends at most the batches that were in flight.
 """
 
 from __future__ import annotations
