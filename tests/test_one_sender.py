@@ -328,7 +328,10 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
                 result = sensor(context)
             requested.extend(getattr(result, "run_requests", None) or [])
 
-        wait_until(lambda: tick() or instance.get_run_by_id(run.run_id).is_finished, what="the run to be failed")
+        # A bound, not a timing: the lease expires 10 s after the kill; a loaded machine ticks slowly.
+        wait_until(
+            lambda: tick() or instance.get_run_by_id(run.run_id).is_finished, timeout_s=120, what="the run to be failed"
+        )
         failed = instance.get_run_by_id(run.run_id)
         assert failed.status == dg.DagsterRunStatus.FAILURE
         (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
