@@ -134,16 +134,17 @@ def test_a_second_uploader_of_a_range_in_flight_fails_naming_its_holder_and_noth
 ):
     write_table(generate(3_000, DAY, seed=2), day.source_url)
     day.prepare()
-    # Slow answers keep the first uploader, a run worker of its own, on the range while
-    # the second one starts.
-    datahub_endpoint.faults(latency_ms={"median": 300, "jitter": 0})
+    # The first uploader, a run worker of its own, holds the range while the second one
+    # starts: its second request is answered only after 25 s, however fast the rest go.
+    datahub_endpoint.faults(latency_ms={"median": 300, "jitter": 0}, scripted=[{"request": 2, "latency_ms": 25_000}])
     env = {**os.environ, **day.env()}
     env.pop("DAGSTER_HOME", None)
     first = subprocess.Popen(
         [sys.executable, str(WORKER), str(day.contracts_dir), DAY, "--ranges", "0", "--config", '{"threads": 2}'],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    wait_until(lambda: day.ledger(), what="the first uploader's first batch")
+    # A bound, not a timing: a loaded machine takes long to start a worker and its JVM.
+    wait_until(lambda: len(day.ledger()) >= 2, timeout_s=180, what="the first uploader's second batch")
     second = day.upload_range("0", {"lease_wait_s": 0}, raise_on_error=False)
     output, _ = first.communicate(timeout=300)
 
