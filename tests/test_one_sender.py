@@ -314,6 +314,9 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
         wait_until(lambda: len(day.ledger()) >= 3, timeout_s=180, what="the worker's first batches")
         worker.kill()  # SIGKILL: no cleanup, the run stays STARTED
         worker.wait()
+        # Requests already written to the socket still arrive: these batches may be
+        # stored once by the dead worker and once more by the relaunch.
+        in_flight = {e.content_hash for e in day.ledger().values() if e.status != "S"}
         (run,) = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
 
         sensor = build_dead_run_sensor(load_contracts(contracts), grace_s=0)
@@ -346,9 +349,11 @@ def test_a_run_whose_worker_was_killed_is_failed_with_its_cause_alerted_once_and
         assert retry.tags["dagster/parent_run_id"] == run.run_id and retry.tags["dagster/retry_number"] == "1"
         assert retry.run_config == run.run_config
 
-        # The relaunch resumes from the ledger: every batch acknowledged exactly once.
+        # The relaunch resumes from the ledger.
         datahub_endpoint.faults(latency_ms={"median": 0, "jitter": 0})
         assert day.upload_range("0").success
     receipts = endpoint_receipts(datahub_endpoint.db_path)
     acked = [r["content_hash"] for r in receipts if r["status"] == "S"]
-    assert len(acked) == 40
+    # Every batch acknowledged; a second copy only of a batch that was in flight at the kill.
+    assert len(set(acked)) == 40
+    assert {h for h in acked if acked.count(h) > 1} <= in_flight
