@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Installer tooling in the venv, not dependencies of the project.
 TOOLING = {"pip", "setuptools", "wheel", "datahub-assets"}
 # Java packages reached through JPype's import hook.
-JAVA = {"java", "com"}
+JAVA = {"java", "javax", "com"}
 
 
 def _norm(name: str) -> str:
