@@ -67,8 +67,7 @@ class UploadConfig(dg.Config):
     )
 
 
-# F codes that mean the partner did not accept the client's keys, not the data.
-LEASE_BEAT_S = 2.0
+LEASE_BEAT_S = 2.0  # how often an uploader renews its range lease, at most (3 beats per lease_ttl_s at least)
 
 
 def _run_ended(instance: dg.DagsterInstance, run_id: str) -> str | None:

@@ -191,10 +191,13 @@ class LeaseKeeper:
         self._parent = parent or multiprocessing.parent_process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="datahub-lease", daemon=True)
+        # Written to at exit, so that the parent watch ends with the keeper.
+        self._stopped, self._stopping = multiprocessing.Pipe(duplex=False)
+        self._watch = threading.Thread(target=self._watch_parent, name="datahub-parent-watch", daemon=True)
 
     def __enter__(self) -> RangeLease:
         if self._parent is not None:
-            threading.Thread(target=self._watch_parent, name="datahub-parent-watch", daemon=True).start()
+            self._watch.start()
         self._thread.start()
         return self._lease
 
@@ -203,13 +206,18 @@ class LeaseKeeper:
         Waiting for the next beat instead let an orphaned step send for up to a beat
         (2 s: 40 batches at the cap) into a run Dagster had already failed."""
         assert self._parent is not None
-        multiprocessing.connection.wait([self._parent.sentinel])
-        if not self._stop.is_set():
+        ready = multiprocessing.connection.wait([self._parent.sentinel, self._stopped])
+        if self._parent.sentinel in ready and not self._stop.is_set():
             self._lease.lose("its run worker is gone")
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._stopping.send(None)
         self._thread.join()
+        if self._watch.is_alive():
+            self._watch.join()
+        self._stopped.close()
+        self._stopping.close()
         # The sender has drained: nothing of ours is in flight. Conditioned on our token,
         # so a lease granted to another uploader meanwhile stays theirs.
         self._lease.release()
