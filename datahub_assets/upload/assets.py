@@ -32,7 +32,7 @@ from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lea
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.outcome import KEY_CODES, BatchStatus, UploadClient
 from datahub_assets.upload.resources import DeliveryDatabase
-from datahub_assets.upload.sender import RangeSender, RetryPolicy
+from datahub_assets.upload.sender import RangeSender, RetryPolicy, pending_batches
 
 UPLOAD_POOL = "datahub_upload"
 
@@ -237,12 +237,8 @@ def _dry_run(
     problems: Counter[str] = Counter()
     for batch in batches:
         problems += batch_problems(contract, batch)
-    entries = ledger.entries(contract.data_uuid, day)
-    delivered = {n for n, e in entries.items() if e.status is BatchStatus.SUCCESS}
-    acknowledged = sum(
-        1 for b in batches if b.number in delivered and entries[b.number].content_hash == b.content_hash
-    )
-    remaining = total_batches - len(delivered)
+    acknowledged = len(batches) - len(pending_batches(ledger, contract.data_uuid, day, batches))
+    remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
     day_plan = plan(batches=remaining, cap=cap, start=datetime.now(timezone.utc), deadline=deadline_for(day), measured_rate=cap)
     newer = ledger.newer_delivered_day(contract.data_uuid, day)
     context.log.info(

@@ -96,6 +96,18 @@ THROTTLED = "THROTTLED"  # the partner's answer when its cap was exceeded
 MAX_CALLS_PER_BATCH = 100  # bounds a batch's loop however often it is throttled
 
 
+def pending_batches(ledger: Ledger, data_uuid: str, day: str, batches: list[Batch]) -> list[Batch]:
+    """The batches not yet acknowledged with this exact content."""
+    if not batches:
+        return []
+    numbers = range(batches[0].number, batches[-1].number + 1)
+    acked = ledger.entries(data_uuid, day, numbers)
+    return [
+        b for b in batches
+        if not ((e := acked.get(b.number)) and e.status is BatchStatus.SUCCESS and e.content_hash == b.content_hash)
+    ]
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8
@@ -165,15 +177,7 @@ class RangeSender:
         self._keys_refused = threading.Event()
 
     def pending(self, batches: list[Batch]) -> list[Batch]:
-        """The batches not yet acknowledged with this exact content."""
-        if not batches:
-            return []
-        numbers = range(batches[0].number, batches[-1].number + 1)
-        acked = self._ledger.entries(self._data_uuid, self._day, numbers)
-        return [
-            b for b in batches
-            if not ((e := acked.get(b.number)) and e.status is BatchStatus.SUCCESS and e.content_hash == b.content_hash)
-        ]
+        return pending_batches(self._ledger, self._data_uuid, self._day, batches)
 
     def send(self, batches: list[Batch]) -> RangeReport:
         report = self._report
