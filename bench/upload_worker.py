@@ -161,6 +161,9 @@ def old_design(sdk, limiter):
     Python strings itself)."""
 
     class InSlotConversion:
+        def __getattr__(self, name):  # key_id, ...
+            return getattr(sdk, name)
+
         def prepare(self, rows: list[str]):
             return rows
 
