@@ -84,7 +84,7 @@ class NoSendClient:
     endpoint = "nowhere"
     key_id = ""
 
-    def start(self) -> None:
+    def start(self, warm_up: bool = False) -> None:
         raise AssertionError("this run was expected to send nothing")
 
     def prepare(self, rows: list[str]):

@@ -103,3 +103,20 @@ def test_the_jvm_starts_only_in_a_process_that_sends(two_range_day: Day, datahub
     # starts a JVM (its classpath and keys file are still checked at step start).
     assert run_worker() == "jvm False"
     assert datahub_endpoint.stats()["requests"] == 10
+
+
+def test_the_crypto_warm_up_needs_only_the_jdk_and_runs_once_per_process():
+    """The warm-up must keep working whatever SDK jar is configured: it touches no SDK
+    class, no keys file and no row. Run in a JVM whose classpath holds nothing at all."""
+    script = (
+        "import jpype\n"
+        "from datahub_assets.upload import sdk\n"
+        "jpype.startJVM(classpath=[], convertStrings=False)\n"
+        "assert not sdk._crypto_warmed.is_set()\n"
+        "sdk.warm_up_crypto(batches=2)\n"
+        "assert sdk._crypto_warmed.is_set()\n"
+        "print('warmed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "warmed"

@@ -47,8 +47,9 @@ class UploadClient(Protocol):
         clear), recorded per batch in the ledger; "" when the SDK does not say."""
         ...
 
-    def start(self) -> None:
-        """Get ready to send; a configuration error surfaces here, before anything is recorded."""
+    def start(self, warm_up: bool = False) -> None:
+        """Get ready to send; a configuration error surfaces here, before anything is recorded.
+        `warm_up`: the range is long, so spend a moment up front for prompt first sends."""
         ...
 
     def prepare(self, rows: list[str]) -> Any:
