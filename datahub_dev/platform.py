@@ -50,6 +50,7 @@ from datahub_assets.partitions import (
     Stage,
     asset_name,
     business_date,
+    previous_date,
     range_keys,
     upload_partition_key,
 )
@@ -92,6 +93,7 @@ class PlatformSpec:
     rows: int = 4_000  # source rows of the day, per contract
     ranges: int = 4  # batch ranges per day
     day: str = field(default_factory=business_date)  # the business date delivered
+    earlier_days: int = 0  # also prepared: this many dates before `day` (for backfills)
     contracts: Sequence[Path] = (DEFAULT_CONTRACTS_DIR / "user_profile.yaml",)
     cap: int | None = None  # the endpoint's cap in batches/s (None: its default, 20)
     upload_pool: int = 4  # upload runs at once (the `datahub_upload` pool)
@@ -203,18 +205,27 @@ class Platform:
         config["concurrency"]["pools"]["default_limit"] = self.spec.upload_pool
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
+    @property
+    def days(self) -> list[str]:
+        """The prepared business dates, newest (`spec.day`) first."""
+        days = [self.spec.day]
+        for _ in range(self.spec.earlier_days):
+            days.append(previous_date(days[-1]))
+        return days
+
     def _prepare_day(self) -> None:
-        """The source day and its snapshot, materialized in this process (quietly: its
-        events are in the instance)."""
+        """Each prepared date's source rows and snapshot, materialized in this process
+        (quietly: its events are in the instance)."""
         source_url = self.env["DATAHUB_SOURCE_DB_URL"]
         resources = build_resources()
         for contract in self.contracts:
-            write_table(generate(self.spec.rows, self.spec.day, seed=self.spec.seed), source_url, contract.source.table)
             assets = [a for a in self._assets() if a.key.path[-1] in {asset_name(contract, s) for s in (Stage.EXTRACT, Stage.SNAPSHOT)}]
-            dg.materialize(
-                assets, partition_key=self.spec.day, resources=resources, instance=self.instance,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            )  # fmt: skip
+            for day in self.days:
+                write_table(generate(self.spec.rows, day, seed=self.spec.seed), source_url, contract.source.table)
+                dg.materialize(
+                    assets, partition_key=day, resources=resources, instance=self.instance,
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                )  # fmt: skip
 
     def _assets(self) -> list[dg.AssetsDefinition]:
         from datahub_assets.definitions import build_dataset_assets
