@@ -151,6 +151,7 @@ def deliver(days: list[str], contracts: list, stack, out: Terminal) -> int:  # n
     from datahub_assets.partitions import Stage, asset_name, range_keys, upload_partition_key
     from datahub_assets.resources import build_resources
     from datahub_assets.upload.ledger import Ledger
+    from datahub_assets.upload.outcome import BatchStatus
     from datahub_assets.upload.resources import create_delivery_engine
 
     started = time.monotonic()
@@ -165,10 +166,16 @@ def deliver(days: list[str], contracts: list, stack, out: Terminal) -> int:  # n
                 for day in days:
                     outcome = DateOutcome(name, day)
                     outcomes.append(outcome)
-                    newer = Ledger(engine).newer_delivered_day(contract.data_uuid, day)
+                    ledger = Ledger(engine)
+                    newer = ledger.newer_delivered_day(contract.data_uuid, day)
                     if newer is not None:
-                        outcome.not_sent_because = f"{newer} is already delivered"
-                        out.line(f"{name} {day}: not sent, {newer} is already delivered and an older date would overwrite it")
+                        acknowledged = ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
+                        outcome.batches_already_delivered = acknowledged
+                        if acknowledged:
+                            out.line(f"{name} {day}: {acknowledged} batches already delivered (not sent again after {newer})")
+                        else:
+                            outcome.not_sent_because = f"{newer} is already delivered"
+                            out.line(f"{name} {day}: not sent, {newer} is already delivered and an older date would overwrite it")
                         continue
                     prepared = dg.materialize(
                         [assets[asset_name(contract, Stage.EXTRACT)], assets[asset_name(contract, Stage.SNAPSHOT)]],
