@@ -5,10 +5,13 @@ Everything lives under one folder (default `var/`)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contract
 from datahub_assets.resources import resource_environment
@@ -37,6 +40,47 @@ def register_keys(endpoint_url: str, out: Path, contracts: Iterable[Path], rotat
         schemas=[contract_schema(p) for p in contracts],
         rotate=rotate,
     )
+
+
+_START_DATE_LINE = re.compile(r"^start_date:.*$", re.M)
+
+# A code location over a folder of contracts (the platform's own definitions).
+_DEFINITIONS_PY = '''"""The platform's definitions over the contracts next to this file (written by datahub_dev.stack)."""
+from pathlib import Path
+
+from datahub_assets.definitions import build_definitions
+
+defs = build_definitions(Path(__file__).parent / "contracts")
+'''
+
+
+def copy_contracts(source_dir: Path, target_dir: Path, start_date: str) -> list[Path]:
+    """Copy every contract of `source_dir` into `target_dir` (replacing what is there),
+    with daily partitions from `start_date`: the file is otherwise unchanged, comments
+    included, so its dataUuid and columns stay registered."""
+    if target_dir.exists():
+        shutil.rmtree(target_dir)
+    target_dir.mkdir(parents=True)
+    copies = []
+    for path in sorted(Path(source_dir).glob("*.yaml")):
+        text = path.read_text()
+        line = f'start_date: "{start_date}"'
+        text = _START_DATE_LINE.sub(line, text) if _START_DATE_LINE.search(text) else text.rstrip("\n") + f"\n{line}\n"
+        copies.append(target_dir / path.name)
+        copies[-1].write_text(text)
+    return copies
+
+
+def write_code_location(root: Path, contracts_dir: Path, name: str = "datahub_assets") -> Path:
+    """A workspace.yaml under `root` whose code location builds the platform from
+    `contracts_dir` (which must be `root / "contracts"`); returns its path."""
+    assert Path(contracts_dir).resolve() == (Path(root) / "contracts").resolve(), contracts_dir
+    (Path(root) / "definitions.py").write_text(_DEFINITIONS_PY)
+    workspace = Path(root) / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump({"load_from": [{"python_file": {"relative_path": "definitions.py", "location_name": name}}]})
+    )
+    return workspace
 
 
 @dataclass

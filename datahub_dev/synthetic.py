@@ -16,6 +16,7 @@ import polars as pl
 import sqlalchemy as sa
 from psycopg2 import sql as psycopg2_sql
 
+from datahub_assets.contract import Contract, PartnerType
 from datahub_assets.sql import create_engine
 
 BAD_ROW_KINDS = (
@@ -62,7 +63,67 @@ def generate(rows: int, day: str, bad_share: float = 0.0, seed: int = 7, version
     return frame.sample(fraction=1.0, shuffle=True, seed=seed)  # sources are not sorted by id
 
 
-def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> None:
+# A broken value per partner type, as real sources break.
+_BROKEN_BY_TYPE = {PartnerType.STRING: "bad\x07name", PartnerType.BIGINT: "24.5", PartnerType.DOUBLE: "NaN"}
+
+
+def generate_for_contract(
+    contract: Contract, rows: int, day: str, bad_share: float = 0.0, seed: int = 7
+) -> pl.DataFrame:
+    """`rows` source rows for `day` in the shape `contract` reads, whatever its columns:
+    one text column per source column it reads (plus the table's date column), with
+    values that fit each column's partner type; `bad_share` of the rows break one value
+    (a missing id, or a value of the wrong kind). Deterministic for a (seed, day)."""
+
+    def rnd(salt: int) -> pl.Expr:
+        return pl.int_range(rows, dtype=pl.UInt64).hash(seed * 1_000_003 + salt)
+
+    by_source = {c.source: c for c in contract.columns if c.source}
+    values: dict[str, pl.Expr] = {}
+    for salt, name in enumerate(contract.source_columns, start=10):
+        column = by_source.get(name)
+        if column is not None and column.name == "id":
+            values[name] = pl.format("{}-{}", pl.lit(contract.dataset), pl.int_range(rows).cast(pl.String).str.zfill(9))
+        elif name == contract.dedup_order_by:
+            values[name] = pl.format("{}T0{}:00:00", pl.lit(day), (rnd(salt) % 10).cast(pl.String))
+        elif column is not None and column.type is PartnerType.BIGINT:
+            values[name] = ((rnd(salt) % 62) + 16).cast(pl.String)
+        elif column is not None and column.type is PartnerType.DOUBLE:
+            values[name] = pl.lit(pl.Series(_WIDTHS)).gather(rnd(salt) % len(_WIDTHS)).cast(pl.String)
+        else:  # a String, or a column only an expression reads
+            values[name] = pl.format(
+                "{} {}",
+                pl.lit(pl.Series(_FIRST)).gather(rnd(salt) % len(_FIRST)),
+                pl.lit(pl.Series(_LAST)).gather(rnd(salt + 100) % len(_LAST)),
+            )
+    if contract.source.kind == "table":
+        values[contract.source.date_column] = pl.lit(day)
+    frame = pl.select(**values)
+
+    breakable = [c for c in contract.columns if c.source]
+    if bad_share > 0 and breakable:
+        is_bad = (rnd(5) % 1_000_000) < int(bad_share * 1_000_000)
+        which = rnd(6) % len(breakable)
+        for i, column in enumerate(breakable):
+            broken = None if column.name == "id" else _BROKEN_BY_TYPE[column.type]
+            frame = frame.with_columns(
+                pl.when(is_bad & (which == i)).then(pl.lit(broken, pl.String)).otherwise(pl.col(column.source)).alias(column.source)
+            )
+    return frame.sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def write_source(contract: Contract, frame: pl.DataFrame, day: str, *, source_db_url: str, landing_dir: Path) -> str:
+    """Write a day's frame where `contract` reads it: its table in the source database,
+    or its landing file. Returns where, for a message."""
+    if contract.source.kind == "table":
+        write_table(frame, source_db_url, table=contract.source.table, date_column=contract.source.date_column)
+        return f"table {contract.source.table}"
+    path = Path(landing_dir) / contract.source.pattern.format(date=day)
+    write_landing_file(frame, path)
+    return f"file {path.relative_to(landing_dir)}"
+
+
+def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile", date_column: str = "snapshot_date") -> None:
     """Replace the frame's day in a source table, creating the table if needed (every
     column TEXT, like a legacy source). Postgres is loaded with COPY, MariaDB/MySQL with
     LOAD DATA LOCAL INFILE, anything else with batched INSERTs."""
@@ -71,10 +132,10 @@ def write_table(frame: pl.DataFrame, url: str, table: str = "user_profile") -> N
     target = sa.Table(table, sa.MetaData(), *(sa.Column(c, sa.Text) for c in frame.columns))
     try:
         target.create(engine, checkfirst=True)
-        day = frame["snapshot_date"].first() if frame.height else None
+        day = frame[date_column].first() if frame.height else None
         if day is not None:
             with engine.begin() as conn:
-                conn.execute(target.delete().where(target.c.snapshot_date == day))
+                conn.execute(target.delete().where(target.c[date_column] == day))
         if engine.dialect.name == "postgresql":
             raw = engine.raw_connection()
             try:
