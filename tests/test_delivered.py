@@ -121,7 +121,7 @@ def test_a_date_with_a_range_not_uploaded_gets_no_proof(day: Day, datahub_endpoi
 
 @pytest.mark.parametrize("delivery_url", ["sqlite"], indirect=True)
 def test_the_proof_is_requested_once_every_range_is_uploaded_and_again_after_a_rerun(day: Day, datahub_endpoint):
-    defs = dg.Definitions(assets=[day.extract, day.snapshot, day.uploaded, day.delivered])
+    defs = dg.Definitions(assets=[day.extract, day.snapshot, day.uploaded, day.delivered], resources=day.resources)
 
     def requested(cursor):  # noqa: ANN001, ANN202
         result = dg.evaluate_automation_conditions(defs=defs, instance=day.instance, cursor=cursor)

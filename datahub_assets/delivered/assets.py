@@ -22,8 +22,6 @@ new proof each time one of its ranges is materialized again. (The upload fan-out
 sensor for the opposite reason: there, reacting to every snapshot update is unwanted.)
 """
 
-from __future__ import annotations
-
 import csv
 import hashlib
 import os
