@@ -24,7 +24,7 @@ from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contracts
 from datahub_assets.delivered.assets import build_delivered_asset, build_proof_sensor
 from datahub_assets.extract.assets import build_extract_asset
 from datahub_assets.monitoring.dead_runs import build_dead_run_sensor
-from datahub_assets.monitoring.sensors import build_watch_sensors
+from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch_sensors
 from datahub_assets.partitions import Stage, asset_key
 from datahub_assets.resources import build_resources
 from datahub_assets.snapshot.assets import build_snapshot_asset
@@ -55,11 +55,11 @@ PART_RESOURCES: dict[Part, tuple[str, ...]] = {
 
 def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[Part, ...] = ("prepare", "deliver")) -> dg.Definitions:
     """The definitions of the given parts: extract, snapshot, their job and schedule
-    (`prepare`); uploaded, delivered (and its checks), their jobs and the sensors (`deliver`)."""
+    (`prepare`); uploaded, delivered and its checks, their jobs and the sensors (`deliver`)."""
     contracts = load_contracts(contracts_dir)
     assets = build_dataset_assets(contracts_dir)
     prepared = {asset_key(c, stage) for c in contracts for stage in (Stage.EXTRACT, Stage.SNAPSHOT)}
-    kept, jobs, schedules, sensors = [], [], [], []
+    kept, checks, jobs, schedules, sensors = [], [], [], [], []
     if "prepare" in parts:
         kept += [a for a in assets if a.key in prepared]
         for contract in contracts:
@@ -72,6 +72,8 @@ def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[
             upload_job = build_upload_job(contract)
             jobs += [upload_job, build_proof_job(contract)]
             sensors.append(build_upload_fan_out_sensor(contract, upload_job))
+            # Declares the watching checks on <dataset>_delivered; the sensors report them.
+            checks.append(build_delivery_checks(contract))
         sensors += [
             *build_watch_sensors(contracts),
             build_dead_run_sensor(contracts),
@@ -81,6 +83,7 @@ def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[
     used = {key for part in parts for key in PART_RESOURCES[part]}
     return dg.Definitions(
         assets=kept,
+        asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +38,7 @@ from datahub_assets.monitoring.rules import (
     ON_TIME_CHECK,
     Watch,
 )
-from datahub_assets.monitoring.sensors import build_watch_sensor
+from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch_sensor
 from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM, batch_slice, range_keys
 from datahub_assets.upload.ledger import Ledger, ledger_table
 from datahub_assets.upload.resources import DeliveryDatabase, create_delivery_engine
@@ -114,9 +115,8 @@ class Platform:
 
     def upload_run(self, day: str, key: str) -> dg.ExecuteInProcessResult:
         """A real run of <dataset>_uploaded for one range whose batches are all acknowledged."""
-        _, _, uploaded, _ = build_dataset_assets(CONTRACTS_DIR)
         return dg.materialize(
-            [uploaded],
+            [build_dataset_assets(CONTRACTS_DIR)[2]],
             partition_key=dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: key}),
             instance=self.instance,
             resources={
@@ -127,13 +127,29 @@ class Platform:
             raise_on_error=False,
         )
 
-    def prove(self, day: str) -> dg.ExecuteInProcessResult:
-        """A real run of <dataset>_delivered for the date (its proof of delivery)."""
+    def prove(self, day: str, now: datetime) -> dg.ExecuteInProcessResult:
+        """A real proof run for the date: <dataset>_delivered and the watching checks on it,
+        judged at `now`."""
         *_, delivered = build_dataset_assets(CONTRACTS_DIR)
         return dg.materialize(
-            [delivered], partition_key=day, instance=self.instance,
-            resources={"lake": self.lake, "delivery_db": self.resources["delivery_db"]},
-        )  # fmt: skip
+            [delivered, build_delivery_checks(CONTRACT, lookback_days=1)],
+            partition_key=day,
+            instance=self.instance,
+            resources={
+                "lake": self.lake,
+                "delivery_db": self.resources["delivery_db"],
+                "watch_clock": WatchClock(frozen_at=now.isoformat()),
+            },
+        )
+
+    def settle(self) -> None:
+        """Until the latest proof is over one second old: SQLite keeps a check result's time
+        in whole seconds, so the sensor repeats a result reported sooner (see sensors.py)."""
+        (latest,) = self.instance.fetch_materializations(DELIVERED, limit=1).records
+        deadline = time.monotonic() + 30
+        while time.time() <= latest.timestamp + 1.0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
     def tick(self, watch: Watch, now: datetime, cursor: str | None = None, lookback_days: int = 1) -> dg.SensorResult:
         """One sensor tick at `now` (the watch clock frozen by configuration); its check
@@ -146,13 +162,9 @@ class Platform:
             self.instance.report_runless_asset_event(event)
         return result
 
-    def latest_check(self, check_name: str, day: str = DAY) -> dg.AssetCheckEvaluation:
-        """The check's latest result on the date's partition of the delivered asset."""
-        history = self.instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(DELIVERED, check_name), limit=100
-        )
-        record = next(r for r in history if r.partition == day)  # newest first
-        assert record.event is not None
+    def latest_check(self, check_name: str) -> dg.AssetCheckEvaluation:
+        record = self.instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(DELIVERED, check_name))
+        assert record is not None and record.event is not None
         return record.event.asset_check_evaluation
 
 
@@ -235,23 +247,17 @@ def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platfor
     assert (meta["ranges_missing"], meta["minutes_past_deadline"], meta["batches_remaining"]) == (2, 1, 63)
     assert [a["ranges"] for a in receiver.webhook_alerts()] == [KEYS[30:]]
 
-    # The next tick sees the same late ranges: no new alert, and no new check result (the
-    # date's partition keeps the one reported).
+    # The next tick sees the same late ranges: no new alert, and no new check result (upload
+    # runs leave the delivered asset, and its checks, alone).
     again = platform.tick(LATE, on_due_day(10, 3), late.cursor)
     assert len(receiver.webhook_alerts()) == 1 and again.asset_events == []
-    assert not platform.latest_check(ON_TIME_CHECK).passed
 
-    # Delivered: the date is its proof's to judge; the sensor reports nothing more for it,
-    # and nobody is told twice about anything.
-    platform.record(DAY, range(batch_slice(29, len(KEYS), DAY_BATCHES).stop, DAY_BATCHES))
+    # Delivered: the check passes again, and nobody is told twice about anything.
     platform.deliver(DAY, KEYS[30:])
     done = platform.tick(LATE, on_due_day(10, 20), again.cursor)
-    assert done.asset_events == []
+    assert [e.passed for e in done.asset_events] == [True]
+    assert platform.latest_check(ON_TIME_CHECK).passed
     assert len(receiver.webhook_alerts()) == 1 and len(receiver.slack_messages()) == 1
-    # The proof records the final verdict: delivered after 10:00 (the ledger's acknowledgements
-    # carry today's real time, long after DAY's deadline), so still late.
-    platform.prove(DAY)
-    assert "Delivered late" in platform.latest_check(ON_TIME_CHECK).description
 
     # Days later the cursor forgets the date: it is no longer watched.
     later = platform.tick(LATE, datetime(2026, 11, 29, 10, 1, tzinfo=PARTNER_TZ), done.cursor)
@@ -259,15 +265,12 @@ def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platfor
 
 
 UI_CHECKS_QUERY = """
-query DatedChecks($key: AssetKeyInput!) {
+query Checks($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
     ... on AssetNode {
       assetChecksOrError {
         ... on AssetChecks {
-          checks {
-            name
-            partitionStatuses { ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } } }
-          }
+          checks { name executionForLatestMaterialization { status evaluation { success description } } }
         }
       }
     }
@@ -276,58 +279,89 @@ query DatedChecks($key: AssetKeyInput!) {
 """
 
 
-def test_the_ui_shows_each_dates_result_on_the_delivered_asset_and_other_runs_leave_it(platform: Platform):
+def test_the_ui_shows_each_sensor_result_on_the_delivered_asset(platform: Platform):
     platform.write_snapshot(DAY, DAY_ROWS)
     platform.deliver(DAY, KEYS[:30])
     definitions_file = str(REPO_ROOT / "datahub_assets" / "definitions.py")
     with define_out_of_process_workspace(definitions_file, "defs", platform.instance) as workspace:
 
         def shown(asset: dg.AssetKey) -> dict:
-            """What the asset's Checks tab shows per date, through the webserver's GraphQL."""
+            """What the asset's Checks tab shows, through the webserver's GraphQL."""
             result = execute_dagster_graphql(
                 workspace.create_request_context(), UI_CHECKS_QUERY, {"key": {"path": asset.path}}
             )
             checks = result.data["assetNodeOrError"]["assetChecksOrError"]["checks"]
-            return {
-                c["name"]: {(r["startKey"], r["endKey"]): r["status"] for r in c["partitionStatuses"]["ranges"]}
-                for c in checks
-            }
+            return {c["name"]: c["executionForLatestMaterialization"] for c in checks}
 
-        assert shown(UPLOADED) == {}  # upload runs execute no check
-        assert shown(DELIVERED) == dict.fromkeys([NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK], {})
+        assert shown(UPLOADED) == {}  # no check runs in an upload run
+        assert set(shown(DELIVERED)) == {NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK}
         late = platform.tick(LATE, on_due_day(10, 1))
-        assert shown(DELIVERED)[ON_TIME_CHECK] == {(DAY, DAY): "FAILED"}
-        assert "2 of 32 ranges not delivered" in platform.latest_check(ON_TIME_CHECK).description
+        assert shown(DELIVERED)[ON_TIME_CHECK]["status"] == "FAILED"
+        assert "2 of 32 ranges not delivered" in shown(DELIVERED)[ON_TIME_CHECK]["evaluation"]["description"]
 
         # A range of another date lands (a real run; its day is empty, so nothing is sent):
-        # the date's result stands, and the sensor has nothing new to report.
+        # the delivered asset's checks stand, and the sensor has nothing new to report.
         platform.write_snapshot("2026-11-24", 0)
         assert platform.upload_run("2026-11-24", KEYS[0]).success
-        assert platform.tick(LATE, on_due_day(10, 3), late.cursor).asset_events == []
-        assert shown(DELIVERED)[ON_TIME_CHECK] == {(DAY, DAY): "FAILED"}
+        assert shown(DELIVERED)[ON_TIME_CHECK]["status"] == "FAILED"
+        again = platform.tick(LATE, on_due_day(10, 3), late.cursor)
+        assert again.asset_events == []
+
+        # That date's proof lands: its run evaluates the checks for the new materialization,
+        # so the UI still shows them; the sensor reports its unchanged result once more.
+        assert platform.prove("2026-11-24", on_due_day(10, 4)).success
+        assert shown(DELIVERED)[ON_TIME_CHECK]["status"] == "FAILED"
+        assert "2 of 32 ranges not delivered" in shown(DELIVERED)[ON_TIME_CHECK]["evaluation"]["description"]
+        platform.settle()
+        again = platform.tick(LATE, on_due_day(10, 5), again.cursor)
+        assert len(again.asset_events) == 1
+        assert platform.tick(LATE, on_due_day(10, 6), again.cursor).asset_events == []
 
 
-def test_a_delivered_dates_proof_settles_what_the_sensors_reported(platform: Platform, receiver: Receiver):
-    # At 07:00 a refused batch fails range 07; a rerun then delivers it before 10:00.
+def test_executing_the_checks_by_hand_evaluates_like_the_sensors(platform: Platform, receiver: Receiver):
     platform.write_snapshot(DAY, DAY_ROWS)
-    platform.record(DAY, [221], status="F", code="DATA_CHECK_FAILED")
-    failed = platform.tick(FAILED, on_due_day(7, 0))
-    assert not platform.latest_check(NOT_FAILED_CHECK).passed
+    platform.deliver(DAY, KEYS[:30])
+    checks = build_delivery_checks(CONTRACT, lookback_days=1)
+    resources = {
+        **{k: platform.resources[k] for k in ("delivery_db", "lake")},
+        "watch_clock": WatchClock(frozen_at=on_due_day(10, 1).isoformat()),
+    }
 
+    run = dg.materialize(
+        [checks], selection=dg.AssetSelection.checks(checks), instance=platform.instance, resources=resources
+    )
+
+    by_name = {e.check_name: e for e in run.get_asset_check_evaluations()}
+    # After 10:00 at-risk hands over to late: it no longer passes as "on course".
+    assert {name: e.passed for name, e in by_name.items()} == {
+        NOT_FAILED_CHECK: True, ON_TIME_CHECK: False, NOT_AT_RISK_CHECK: False, NOT_STALLED_CHECK: True
+    }
+    assert "see the late alert" in by_name[NOT_AT_RISK_CHECK].description
+    (reported,) = platform.tick(LATE, on_due_day(10, 1)).asset_events
+    assert by_name[ON_TIME_CHECK].description == reported.description
+    assert by_name[ON_TIME_CHECK].metadata == reported.metadata
+    assert len(receiver.webhook_alerts()) == 1  # only the sensor notifies
+
+
+@pytest.mark.parametrize(("last_ack", "by_deadline", "slack_s"), [((9, 0), True, 3600.0), ((10, 30), False, -1800.0)])
+def test_a_proof_records_whether_its_date_was_delivered_by_the_deadline(
+    platform: Platform, last_ack: tuple[int, int], by_deadline: bool, slack_s: float
+):
+    platform.write_snapshot(DAY, DAY_ROWS)
     platform.record(DAY, range(DAY_BATCHES))
-    platform.pace_acks(DAY, 1.0, until=on_due_day(9, 0))
+    platform.pace_acks(DAY, 1.0, until=on_due_day(*last_ack))
     platform.deliver(DAY, KEYS)
-    proof = platform.prove(DAY)
 
-    verdicts = {e.check_name: e for e in proof.get_asset_check_evaluations()}
-    assert {e.partition for e in verdicts.values()} == {DAY}
-    assert all(e.passed for e in verdicts.values())
-    assert platform.latest_check(NOT_FAILED_CHECK).description.startswith("Delivered: every batch acknowledged")
-    assert "60 min before the 10:00 GMT+8 deadline" in platform.latest_check(ON_TIME_CHECK).description
-    # The sensor leaves a delivered date alone, so its result stays the proof's.
-    assert platform.tick(FAILED, on_due_day(7, 2), failed.cursor).asset_events == []
-    assert platform.latest_check(NOT_FAILED_CHECK).passed
-    assert [a["ranges"] for a in receiver.webhook_alerts()] == [["07"]]
+    proof = platform.prove(DAY, on_due_day(11, 0))
+
+    (materialization,) = proof.asset_materializations_for_node(DELIVERED.path[-1])
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    assert (meta["delivered_by_deadline"], meta["slack_at_completion_s"]) == (by_deadline, slack_s)
+    assert meta["completed_at"] == on_due_day(*last_ack).timestamp()
+    # The run evaluated the watching checks too: the date is complete, so none is flagged.
+    assert {e.check_name: e.passed for e in proof.get_asset_check_evaluations()} == dict.fromkeys(
+        [NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK], True
+    )
 
 
 def test_a_date_whose_batches_are_all_acknowledged_is_not_late(platform: Platform, receiver: Receiver):
@@ -338,8 +372,7 @@ def test_a_date_whose_batches_are_all_acknowledged_is_not_late(platform: Platfor
 
     result = platform.tick(LATE, on_due_day(10, 1))
 
-    # Delivered: nothing to alert, and the date is left to its proof.
-    assert result.asset_events == [] and receiver.posts == []
+    assert [e.passed for e in result.asset_events] == [True] and receiver.posts == []
 
 
 def test_a_refused_batch_fails_its_range_and_each_failure_is_alerted_once(platform: Platform, receiver: Receiver):
@@ -523,7 +556,7 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
     for dataset in ("user_profile", "device_profile"):
         for check in (NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK):
             assert dg.AssetCheckKey(dg.AssetKey(f"{dataset}_delivered"), check) in checks
-        assert not {c for c in checks if c.asset_key == dg.AssetKey(f"{dataset}_uploaded")}
+        assert not [c for c in checks if c.asset_key == dg.AssetKey(f"{dataset}_uploaded")]
         jobs = {f"{dataset}_{job}_job" for job in ("prepare", "upload", "proof")}
         assert jobs <= {j.name for j in defs.resolve_all_job_defs()}
     assert {s.name: s.default_status for s in defs.sensors} == dict.fromkeys(
@@ -611,6 +644,7 @@ def test_a_date_superseded_by_a_newer_delivered_date_is_not_late_and_the_check_s
         (evaluation,) = result.asset_events
         assert evaluation.passed
         assert f"{DAY} superseded by 2026-11-26" in evaluation.description
+        assert evaluation.metadata["dates_superseded"].value == 1
     assert receiver.posts == []
 
 
@@ -622,8 +656,8 @@ def test_a_date_nothing_was_started_for_is_not_alerted_on_the_first_tick(platfor
     platform.record(DAY, range(100))
 
     first = platform.tick(LATE, on_due_day(10, 1), lookback_days=2)
-    by_date = {e.partition: e for e in first.asset_events}
-    assert not by_date[untouched].passed and not by_date[DAY].passed  # shown, not hidden
+    (evaluation,) = first.asset_events
+    assert not evaluation.passed and untouched in evaluation.description  # shown, not hidden
     assert [a["date"] for a in receiver.webhook_alerts()] == [DAY]
 
     platform.tick(LATE, on_due_day(10, 3), first.cursor, lookback_days=2)
@@ -646,8 +680,8 @@ def test_the_deployed_sensor_judges_at_the_time_configuration_freezes(
     sensor = repository.get_sensor_def("delivery_late_sensor")
     resources = {k: v for k, v in repository.get_top_level_resources().items() if k in sensor.required_resource_keys}
     with dg.build_sensor_context(instance=platform.instance, resources=resources) as context:
-        by_date = {e.partition: e for e in sensor(context).asset_events}
+        (evaluation,) = sensor(context).asset_events
 
     # DAY is late only from 10:00 (the dates before it, never started, are shown, not alerted).
-    assert by_date[DAY].passed is not late
+    assert (f"{DAY}: " in evaluation.description) is late
     assert [a["date"] for a in receiver.webhook_alerts()] == ([DAY] if late else [])

@@ -103,7 +103,7 @@ def build_upload_job(contract: Contract):  # noqa: ANN201 - an unresolved asset 
 
 
 def build_proof_job(contract: Contract):  # noqa: ANN201 - an unresolved asset job
-    """Build one date's proof of delivery (its deadline checks included)."""
+    """Build one date's proof of delivery (and evaluate the watching checks on it)."""
     return dg.define_asset_job(
         proof_job_name(contract),
         selection=dg.AssetSelection.assets(asset_key(contract, Stage.DELIVERED)),

@@ -7,11 +7,11 @@ slack left at completion; and it writes the proof file to the lake, one line per
 with its traceId and content hash. TraceIds go into that file only, never into Dagster's
 metadata or logs; no row value or id goes anywhere.
 
-The watching checks (failed, late, at risk, stalled) are partitioned by date on this
-asset (Dagster 1.13 supports per-partition asset checks, as a preview). The sensors
-report them for each watched date still under way (monitoring/sensors.py); this asset
-records each date's final verdicts when it is delivered, so a delivered date's status
-stays as it was settled, and the UI plots dates, not 32 ranges a day.
+Its metadata is the date's verdict, plotted by the UI over dates (not over 32 ranges a
+day): `delivered_by_deadline`, `slack_at_completion_s`, `batches_refused_F`. The watching
+checks (failed, late, at risk, stalled) are declared on this asset and reported by the
+watch sensors (monitoring/sensors.py says why not per date); a proof run evaluates them
+too, so their results are current as soon as a proof lands.
 
 Who builds it: declarative automation, not a sensor of ours. PROOF_CONDITION requests a
 date once all its ranges are materialized and none is in progress, after any of them
@@ -37,7 +37,6 @@ import dagster as dg
 from datahub_assets.catalog import contract_metadata
 from datahub_assets.contract import Contract
 from datahub_assets.lake import DataLake
-from datahub_assets.monitoring.rules import AT_RISK, FAILED, LATE, STALLED, WATCHES
 from datahub_assets.partitions import (
     DATE_DIM,
     PARTNER_TZ,
@@ -134,7 +133,8 @@ def _partner_time(epoch_s: float) -> str:
 
 def proof_metadata(proof: Proof, day: str, path: Path, rows_quarantined: int | None) -> dict:
     """Every key names its unit; a figure that does not apply (no batch sent, no
-    quarantine file) is left out rather than written as 0."""
+    quarantine file) is left out rather than written as 0. A date with no batch to send
+    was delivered by its deadline."""
     metadata = {
         "rows_expected": proof.rows_expected,
         "batches_expected": proof.batches_expected,
@@ -144,8 +144,9 @@ def proof_metadata(proof: Proof, day: str, path: Path, rows_quarantined: int | N
     }
     if rows_quarantined is not None:
         metadata["rows_quarantined"] = rows_quarantined
+    deadline = deadline_for(day).timestamp()
+    metadata["delivered_by_deadline"] = proof.completed_at is None or proof.completed_at <= deadline
     if proof.completed_at is not None:
-        deadline = deadline_for(day).timestamp()
         metadata |= {
             "send_attempts": proof.send_attempts,
             "first_send_at": dg.MetadataValue.timestamp(proof.first_sent_at),
@@ -162,55 +163,19 @@ def proof_metadata(proof: Proof, day: str, path: Path, rows_quarantined: int | N
     return metadata
 
 
-def final_verdicts(proof: Proof, day: str) -> list[dg.AssetCheckResult]:
-    """The watching checks' results for a delivered date. Only the deadline can still fail:
-    failed, at risk and stalled describe a delivery under way, and this one is over."""
-    deadline = deadline_for(day).timestamp()
-    if proof.completed_at is None:
-        finished = f"{day} had no batch to send"
-        on_time = True
-    else:
-        slack_s = deadline - proof.completed_at
-        on_time = slack_s >= 0
-        finished = (
-            f"the last of {proof.batches_expected} batches was acknowledged at {_partner_time(proof.completed_at)}, "
-            f"{abs(slack_s) / 60:.0f} min {'before' if on_time else 'after'} the 10:00 GMT+8 deadline"
-        )
-    texts = {
-        FAILED: f"Delivered: every batch acknowledged (S); {finished}.",
-        LATE: f"{'Delivered on time' if on_time else 'Delivered late'}: {finished}.",
-        AT_RISK: f"Delivered{'' if on_time else ' after the deadline (see on time)'}: {finished}.",
-        STALLED: f"Delivered: {finished}.",
-    }
-    passed = {FAILED: True, LATE: on_time, AT_RISK: on_time, STALLED: True}
-    return [
-        dg.AssetCheckResult(check_name=w.check_name, passed=passed[w], severity=w.severity, description=texts[w])
-        for w in WATCHES
-    ]
-
-
 def build_delivered_asset(contract: Contract, uploaded: dg.AssetsDefinition) -> dg.AssetsDefinition:
     partitions_def = daily_partitions_def(contract)
     with warnings.catch_warnings():
-        # Beta and preview in Dagster 1.13: the mapping from a date to its ranges, and
-        # checks partitioned like their asset. Silenced here, where they are built, once.
+        # Beta in Dagster 1.13, and the one mapping that says "a date's proof reads every
+        # range of that date": silenced here, where it is built, once.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        warnings.simplefilter("ignore", dg.PreviewWarning)
         by_date = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=DATE_DIM)
-        checks = [
-            dg.AssetCheckSpec(
-                w.check_name, asset=asset_name(contract, Stage.DELIVERED), description=w.check_description,
-                partitions_def=partitions_def,
-            )
-            for w in WATCHES
-        ]
 
     @dg.asset(
         name=asset_name(contract, Stage.DELIVERED),
         group_name=contract.dataset,
         partitions_def=partitions_def,
         deps=[dg.AssetDep(uploaded, partition_mapping=by_date)],
-        check_specs=checks,
         automation_condition=PROOF_CONDITION,
         kinds={"csv"},
         owners=list(contract.owners),
@@ -218,10 +183,10 @@ def build_delivered_asset(contract: Contract, uploaded: dg.AssetsDefinition) -> 
         description=(
             f"Proof that {contract.dataset} was delivered for the date: once every batch range is uploaded, "
             "the ledger's counts and times, and a file in the lake listing every batch with its traceId and "
-            "content hash. The deadline checks judge each date here."
+            "content hash. The deadline checks are reported here by the watch sensors."
         ),
     )
-    def _delivered(context: dg.AssetExecutionContext, lake: DataLake, delivery_db: DeliveryDatabase):
+    def _delivered(context: dg.AssetExecutionContext, lake: DataLake, delivery_db: DeliveryDatabase) -> dg.MaterializeResult:
         day = context.partition_key
         snapshot_path = lake.snapshot_path(contract.dataset, day)
         if not snapshot_path.exists():
@@ -237,11 +202,10 @@ def build_delivered_asset(contract: Contract, uploaded: dg.AssetsDefinition) -> 
         quarantine = lake.quarantine_path(contract.dataset, day)
         rows_quarantined = snapshot_row_count(quarantine) if quarantine.exists() else None
         context.log.info(
-            "%s %s delivered: %d batches, %d rows; proof written", contract.dataset, day, proof.batches_expected,
-            proof.rows_expected,
+            "%s %s delivered: %d batches, %d rows%s; proof written", contract.dataset, day, proof.batches_expected,
+            proof.rows_expected, f", the last acknowledged at {_partner_time(proof.completed_at)}" if proof.completed_at else "",
         )
-        yield dg.MaterializeResult(metadata=proof_metadata(proof, day, path, rows_quarantined))
-        yield from final_verdicts(proof, day)
+        return dg.MaterializeResult(metadata=proof_metadata(proof, day, path, rows_quarantined))
 
     return _delivered
 

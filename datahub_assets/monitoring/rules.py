@@ -15,7 +15,7 @@ from datahub_assets.monitoring.notifier import ranges_text
 from datahub_assets.monitoring.progress import DayProgress
 from datahub_assets.partitions import PARTNER_TZ, deadline_for
 
-# Checks on <dataset>_delivered, one result per business date.
+# Checks on <dataset>_delivered; the watch sensors report them over the watched dates.
 NOT_FAILED_CHECK = "not_failed"
 ON_TIME_CHECK = "on_time"
 NOT_AT_RISK_CHECK = "not_at_risk"
@@ -154,51 +154,60 @@ class Watch:
 
 
 _STALL_MINUTES = int(STALL_AFTER.total_seconds() // 60)
-# state, check, severity, rule, what the check means, and its all-clear text (per date).
+# state, check, severity, rule, what the check means, and its all-clear text.
 WATCHES = FAILED, LATE, AT_RISK, STALLED = tuple(
     Watch(*spec)
     for spec in (
         ("failed", NOT_FAILED_CHECK, dg.AssetCheckSeverity.ERROR, failed_finding,
-         "No upload run of the date failed and no batch was refused (F).",
-         "No range of the date has failed."),
+         "No upload run of a watched date failed and no batch was refused (F).",
+         "No range of a watched date has failed."),
         ("late", ON_TIME_CHECK, dg.AssetCheckSeverity.ERROR, late_finding,
-         "Every batch of the date was delivered by 10:00 GMT+8 the next day.",
-         "No range of the date is missing past 10:00 GMT+8."),
+         "Every batch range of each watched date was delivered by 10:00 GMT+8 the next day.",
+         "No watched date is late."),
         ("at_risk", NOT_AT_RISK_CHECK, dg.AssetCheckSeverity.WARN, at_risk_finding,
-         "At the measured rate (the cap before sending began), the date finishes before 10:00 GMT+8.",
-         "The date is on course for 10:00 GMT+8."),
+         "At the measured rate (the cap before sending began), the date due today finishes before 10:00 GMT+8.",
+         "The date due today is on course for 10:00 GMT+8."),
         ("stalled", NOT_STALLED_CHECK, dg.AssetCheckSeverity.ERROR, stalled_finding,
          f"Once sending began, a batch was acknowledged within the last {_STALL_MINUTES} min while batches remain.",
-         "The date is not stalled."),
+         "No watched date is stalled."),
     )
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    """One watch's result for one business date."""
-
     passed: bool
     severity: dg.AssetCheckSeverity
     description: str
     metadata: Mapping[str, float]
-    fingerprint: str  # the ranges flagged and why not; the numbers alone (an ETA) change every tick
+    fingerprint: str  # the dates and ranges flagged; the numbers alone (an ETA) change every tick
 
     @classmethod
-    def of(cls, watch: Watch, p: DayProgress, finding: Finding | None) -> "CheckOutcome":
-        fingerprint = json.dumps([finding.ranges if finding else None, p.superseded_by])
-        if finding is None:
-            # A superseded date is never flagged late, at risk or stalled; the check says why.
-            description = (
-                f"{p.day} superseded by {p.superseded_by}: not sent, it would overwrite the newer date at the partner"
-                if p.superseded_by and not p.complete
-                else watch.all_clear
+    def of(cls, watch: Watch, findings: Sequence[Finding], days: Sequence[DayProgress]) -> "CheckOutcome":
+        fingerprint = json.dumps([[f.day, *f.ranges] for f in findings])
+        # A superseded date is never flagged late, at risk or stalled; the check says why.
+        superseded = [
+            f"{p.day} superseded by {p.superseded_by}: not sent, it would overwrite the newer date at the partner"
+            for p in days
+            if p.superseded_by and not p.complete
+        ]
+        counts = {"dates_superseded": len(superseded)}
+        if not findings:
+            return cls(
+                True, watch.severity, "; ".join([watch.all_clear, *superseded]), {"dates_flagged": 0, **counts}, fingerprint
             )
-            return cls(True, watch.severity, description, {}, fingerprint)
+        newest = findings[0]  # watched days come newest first
         return cls(
             False,
             watch.severity,
-            f"{finding.day}: {finding.summary} (ranges {ranges_text(finding.ranges)})",
-            {"ranges_flagged": len(finding.ranges), **finding.numbers},
+            "; ".join([*(f"{f.day}: {f.summary} (ranges {ranges_text(f.ranges)})" for f in findings), *superseded]),
+            {
+                "dates_flagged": len(findings),
+                "ranges_flagged": sum(len(f.ranges) for f in findings),
+                **counts,
+                **newest.numbers,
+            },
             fingerprint,
         )
+
+

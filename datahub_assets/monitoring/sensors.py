@@ -1,9 +1,8 @@
 """Watching the deliveries, wired into Dagster: each rule's state per business date is
 shown twice:
-- as a check result on that date's partition of <dataset>_delivered, while the date is
-  under way (the checks are declared by the delivered asset, whose materialization
-  records the date's final verdicts once it is delivered; a delivered date is left to
-  it), and
+- as an asset-check result on <dataset>_delivered, the dates' proof of delivery (the
+  checks are declared by `build_delivery_checks`; a proof run, or executing them by
+  hand, runs the same evaluation without notifying anyone; upload runs never do), and
 - as an alert through the notifier, once per (dataset, date, range), state and channel:
   each sensor keeps in its cursor what each channel already received. A channel that
   refuses is logged as an error and tried again on the next tick; the others are not
@@ -11,10 +10,20 @@ shown twice:
 
 "Now" is the `watch_clock` resource's time, which configuration can freeze, so a test or
 a rehearsal can stand at 09:00 or 10:01 GMT+8.
+
+Why one result per check over the watched dates, not one per date: Dagster 1.13 has
+partitioned asset checks (a preview), but stores a sensor's result (a result outside any
+run) under one key per check and partition, so a date's result could be reported once
+and never updated. Each date's final verdict is therefore recorded by its proof of
+delivery, as metadata per date (`delivered_by_deadline`, `slack_at_completion_s`,
+`batches_refused_F`), which the UI plots over dates; the checks here show the watch's
+current state. The delivered asset materializes once per date, not once per range, and
+its run evaluates the checks for the new materialization, so the UI keeps showing them.
 """
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -33,12 +42,46 @@ DEFAULT_LOOKBACK_DAYS = 3  # business dates watched: the one due today and the t
 WATCH_INTERVAL_S = 120
 
 
+def build_delivery_checks(
+    contract: Contract, *, lookback_days: int = DEFAULT_LOOKBACK_DAYS
+) -> dg.AssetChecksDefinition:
+    """Declares the four checks on <dataset>_delivered, so the UI shows the sensors' results.
+
+    They are executable as well: a hand run evaluates the watched dates exactly as the
+    sensors do, without notifying anyone.
+    """
+    delivered = asset_key(contract, Stage.DELIVERED)
+
+    @dg.multi_asset_check(
+        name=f"{contract.dataset}_delivery_checks",
+        specs=[dg.AssetCheckSpec(w.check_name, asset=delivered, description=w.check_description) for w in WATCHES],
+        can_subset=True,
+    )
+    def _checks(
+        context: dg.AssetCheckExecutionContext, delivery_db: DeliveryDatabase, lake: DataLake, watch_clock: WatchClock
+    ) -> Iterable[dg.AssetCheckResult]:
+        now = watch_clock.now()
+        days = read_watched_days(
+            context.instance, contract, now, delivery_db=delivery_db, lake=lake, lookback_days=lookback_days
+        )
+        for watch in WATCHES:
+            if dg.AssetCheckKey(delivered, watch.check_name) not in context.selected_asset_check_keys:
+                continue
+            outcome = CheckOutcome.of(watch, watch.findings(days, now), days)
+            yield dg.AssetCheckResult(
+                asset_key=delivered, check_name=watch.check_name, passed=outcome.passed,
+                severity=outcome.severity, description=outcome.description, metadata=dict(outcome.metadata),
+            )
+
+    return _checks
+
+
 @dataclass
 class WatchMemory:
     """A sensor's cursor: what each channel already received, and the check result it last reported."""
 
     notified: set[tuple[str, str, str, str]] = field(default_factory=set)  # (dataset, date, range key, channel)
-    outcomes: dict[str, str] = field(default_factory=dict)  # "dataset/date" -> the result last reported
+    outcomes: dict[str, str] = field(default_factory=dict)  # dataset -> the result last reported
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> "WatchMemory":
@@ -57,7 +100,6 @@ class WatchMemory:
     def prune(self, oldest_day: str) -> None:
         """Forget dates no longer watched: they cannot be flagged again."""
         self.notified = {n for n in self.notified if n[1] >= oldest_day}
-        self.outcomes = {k: v for k, v in self.outcomes.items() if k.partition("/")[2] >= oldest_day}
 
 
 def build_watch_sensor(
@@ -68,8 +110,8 @@ def build_watch_sensor(
         minimum_interval_seconds=WATCH_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Reports {watch.check_name} per date on each <dataset>_delivered and alerts the notifier once "
-            f"per (date, range) that is {watch.state.replace('_', ' ')}."
+            f"Reports {watch.check_name} on each <dataset>_delivered and alerts the notifier once per "
+            f"(date, range) that is {watch.state.replace('_', ' ')}."
         ),
     )
     def _sensor(
@@ -88,6 +130,7 @@ def build_watch_sensor(
                 context.instance, contract, now, delivery_db=delivery_db, lake=lake, lookback_days=lookback_days
             )
             findings = watch.findings(days, now)
+            outcome = CheckOutcome.of(watch, findings, days)
             if first_tick:
                 # A date nothing ever happened to before the watch began (a new deployment,
                 # a new contract) is shown by the check but not alerted: nobody was meant to
@@ -102,25 +145,25 @@ def build_watch_sensor(
                             "%s %s %s: not alerted, nothing was started for it before the watch began",
                             watch.state, contract.dataset, finding.day,
                         )
-            # Each date's result, on its partition of the delivered asset, when it changes:
-            # the event log keeps every result. A delivered date is its proof's to judge.
+            # Report a result when it changes, or when a proof was materialized since: the UI
+            # shows a check's result only while it is newer than the asset's latest
+            # materialization. Not every tick: the event log keeps every result.
             delivered = asset_key(contract, Stage.DELIVERED)
-            by_day = {f.day: f for f in findings}
-            for p in days:
-                reported = f"{contract.dataset}/{p.day}"
-                if p.complete:
-                    memory.outcomes.pop(reported, None)
-                    continue
-                outcome = CheckOutcome.of(watch, p, by_day.get(p.day))
-                if memory.outcomes.get(reported) != outcome.fingerprint:
-                    memory.outcomes[reported] = outcome.fingerprint
-                    events.append(
-                        dg.AssetCheckEvaluation(
-                            asset_key=delivered, check_name=watch.check_name, partition=p.day,
-                            passed=outcome.passed, severity=outcome.severity,
-                            description=outcome.description, metadata=dict(outcome.metadata),
-                        )
+            latest = context.instance.fetch_materializations(delivered, limit=1).records
+            reported = f"{outcome.fingerprint}@{latest[0].storage_id if latest else 0}"
+            if memory.outcomes.get(contract.dataset) != reported:
+                # SQLite keeps a check result's time in whole seconds: a result reported in
+                # the second of the latest materialization may count as older, so it is
+                # reported once more on the next tick.
+                settled = not latest or time.time() - latest[0].timestamp > 1.0
+                memory.outcomes[contract.dataset] = reported if settled else "unsettled"
+                events.append(
+                    dg.AssetCheckEvaluation(
+                        asset_key=delivered, check_name=watch.check_name,
+                        passed=outcome.passed, severity=outcome.severity,
+                        description=outcome.description, metadata=dict(outcome.metadata),
                     )
+                )
             for finding in findings:
                 for channel in notifier.channels:
                     fresh = tuple(
