@@ -112,6 +112,7 @@ def test_a_date_with_a_range_not_uploaded_gets_no_proof(day: Day, datahub_endpoi
 
 
 @pytest.mark.parametrize("delivery_url", ["sqlite"], indirect=True)
+@pytest.mark.filterwarnings("ignore:Parameter `include_sources`")  # inside Dagster's evaluate_automation_conditions
 def test_the_proof_is_requested_once_every_range_is_uploaded_and_again_after_a_rerun(day: Day, datahub_endpoint):
     defs = dg.Definitions(assets=[day.extract, day.snapshot, day.uploaded, day.delivered], resources=day.resources)
 

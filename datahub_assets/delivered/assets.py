@@ -15,11 +15,13 @@ too, so their results are current as soon as a proof lands.
 
 Who builds it: declarative automation, not a sensor of ours. PROOF_CONDITION requests a
 date once all its ranges are materialized and none is in progress, after any of them
-was updated. That is whatever delivered them: the fan-out, a UI backfill, a range rerun
-or `datahub-deliver`. Dagster already knows which runs and backfills are in progress, so
-a date a UI backfill or the CLI is about to prove is not proved twice, and a date gets a
-new proof each time one of its ranges is materialized again. (The upload fan-out stays a
-sensor for the opposite reason: there, reacting to every snapshot update is unwanted.)
+was updated, whatever delivered them: the fan-out, a UI backfill, a range rerun. Dagster
+already knows which runs and backfills are in progress, so a date that a backfill (or a
+run) is about to prove is not proved twice, and a date gets a new proof each time one of
+its ranges is materialized again. `datahub-deliver` proves its date itself, right after
+the last range: a tick falling in between proves it twice, which changes nothing. (The
+upload fan-out stays a sensor for the opposite reason: there, reacting to every snapshot
+update is unwanted.)
 """
 
 import csv
