@@ -25,7 +25,6 @@ from datahub_assets.partitions import (
     range_keys,
     upload_partition_key,
 )
-from datahub_assets.monitoring.rules import ON_TIME_CHECK
 from datahub_assets.planning import plan
 
 
@@ -162,8 +161,9 @@ def deliver_date(defs: dg.Definitions, instance: dg.DagsterInstance, contract: C
         say(f"{name}: no proof of delivery (run {proved.run_id}): {why(proved)}")
         return False
     proof = metadata(proved, Stage.DELIVERED)
-    (on_time,) = [e for e in proved.get_asset_check_evaluations() if e.check_name == ON_TIME_CHECK]
-    say(f"{name}: delivered, proof in {proof['proof_path']}. {on_time.description}")
+    slack_s = proof.get("slack_at_completion_s")  # none when the date had no batch to send
+    when = "" if slack_s is None else f" {_fmt(abs(slack_s))} {'before' if slack_s >= 0 else 'after'} the 10:00 GMT+8 deadline"
+    say(f"{name}: delivered{when}; proof in {proof['proof_path']}")
     return True
 
 

@@ -22,7 +22,13 @@ from support import CONTRACT, DAY, Day, configured_resources, environment_of, wr
 
 from datahub_assets.contract import load_contract
 from datahub_assets.delivered.assets import PROOF_COLUMNS
-from datahub_assets.partitions import deadline_for, range_keys, split_upload_key, upload_partition_key, upload_partitions_def
+from datahub_assets.partitions import (
+    deadline_for,
+    range_keys,
+    split_upload_key,
+    upload_partition_key,
+    upload_partitions_def,
+)
 from datahub_assets.upload.resources import create_delivery_engine
 from datahub_dev.synthetic import generate, write_table
 
@@ -41,7 +47,8 @@ def ledger_rows(day: Day) -> list[sa.Row]:
     engine = create_delivery_engine(day.delivery_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("select * from upload_ledger where day = :d order by batch_no"), {"d": day.day}).all()
+            query = sa.text("select * from upload_ledger where day = :d order by batch_no")
+            return conn.execute(query, {"d": day.day}).all()
     finally:
         engine.dispose()
 
@@ -137,7 +144,9 @@ def test_the_proof_is_requested_once_every_range_is_uploaded_and_again_after_a_r
 
 
 @pytest.mark.parametrize("delivery_url", ["sqlite"], indirect=True)
-def test_datahub_deliver_delivers_one_date_with_tagged_runs_and_a_proof(tmp_path, sdk_jar, keys_file, delivery_url, datahub_endpoint):  # noqa: ANN001
+def test_datahub_deliver_delivers_one_date_with_tagged_runs_and_a_proof(
+    tmp_path, sdk_jar, keys_file, delivery_url, datahub_endpoint  # noqa: ANN001
+):
     contracts = write_contract(tmp_path / "contracts", batch_ranges=2)
     resources = configured_resources(tmp_path, delivery_url=delivery_url, sdk_jar=sdk_jar, keys_file=keys_file)
     source = generate(250, DAY)
@@ -151,8 +160,11 @@ def test_datahub_deliver_delivers_one_date_with_tagged_runs_and_a_proof(tmp_path
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
     assert first.returncode == 0, first.stdout + first.stderr
-    assert first.stdout.splitlines()[1] == f"user_profile {DAY}: 2 ranges uploaded: 3 batches sent, 0 already delivered"
-    assert f"user_profile {DAY}: delivered, proof in {resources['lake'].proof_path('user_profile', DAY)}" in first.stdout
+    prepared, uploaded, delivered = first.stdout.splitlines()  # a line per step
+    assert prepared == f"user_profile {DAY}: snapshot of 250 rows (0 quarantined)"
+    assert uploaded == f"user_profile {DAY}: 2 ranges uploaded: 3 batches sent, 0 already delivered"
+    proof = resources["lake"].proof_path("user_profile", DAY)
+    assert delivered.endswith(f"after the 10:00 GMT+8 deadline; proof in {proof}")
     assert again.returncode == 0 and "0 batches sent, 3 already delivered" in again.stdout
     reconciled = datahub_endpoint.reconcile(load_contract(contracts / "user_profile.yaml").data_uuid, source["user_id"].to_list())
     assert (reconciled["stored"], reconciled["missing"], reconciled["unexpected"]) == (250, 0, 0)
