@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 from dagster_graphql.test.utils import define_out_of_process_workspace, execute_dagster_graphql
-from support import CONTRACT, DAY, Day, configured_resources, environment_of, write_contract
+from support import CONTRACT, DAY, Day, configured_resources, environment_of, materialization_metadata, write_contract
 
 from datahub_assets.contract import load_contract
 from datahub_assets.delivered.assets import PROOF_COLUMNS
@@ -66,6 +66,12 @@ def test_a_delivered_dates_proof_matches_the_ledger_and_names_no_row(day: Day, d
     day.prepare()
     runs = [day.upload_range(key) for key in day.range_keys]
     assert [r.dagster_run.tags["dagster/partition"] for r in runs] == [f"{DAY}|{k}" for k in day.range_keys]
+    # No figure that does not apply: DAY's deadline passed before it was sent (no slack),
+    # nothing remains after the last range (no ETA), a rerun sends nothing (no rate).
+    uploads = [materialization_metadata(r, day.uploaded) for r in runs]
+    assert not [m for m in uploads if "day_slack_s" in m] and "day_eta_s" in uploads[0] and "day_eta_s" not in uploads[-1]
+    rerun = materialization_metadata(day.upload_range(day.range_keys[0]), day.uploaded)
+    assert rerun["batches_sent"] == 0 and "rows_per_s" not in rerun and "rows_per_s" in uploads[0]
 
     result = day.prove()
 
