@@ -141,9 +141,10 @@ def deliver_date(defs: dg.Definitions, instance: dg.DagsterInstance, contract: C
     snapshot = metadata(prepared, Stage.SNAPSHOT)
     say(f"{name}: snapshot of {snapshot['dagster/row_count']} rows ({snapshot['rejected_rows']} quarantined)")
 
+    keys = range_keys(contract.batch_ranges)
     sent = skipped = 0
     failed = []
-    for key in range_keys(contract.batch_ranges):
+    for key in keys:
         uploaded = run(upload_job_name(contract), upload_partition_key(day, key))
         if not uploaded.success:
             failed.append(key)
@@ -151,9 +152,9 @@ def deliver_date(defs: dg.Definitions, instance: dg.DagsterInstance, contract: C
             continue
         report = metadata(uploaded, Stage.UPLOADED)
         sent, skipped = sent + report["batches_sent"], skipped + report["batches_skipped"]
-    say(f"{name}: {contract.batch_ranges} ranges uploaded: {sent} batches sent, {skipped} already delivered")
+    say(f"{name}: {len(keys) - len(failed)} of {len(keys)} ranges uploaded: {sent} batches sent, {skipped} already delivered")
     if failed:
-        say(f"{name}: not delivered, {len(failed)} ranges failed ({', '.join(failed)}); run this again to send only what is missing")
+        say(f"{name}: not delivered, range {', '.join(failed)} failed; run this again, it sends only what is missing")
         return False
 
     proved = run(proof_job_name(contract), day)

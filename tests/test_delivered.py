@@ -150,37 +150,46 @@ def test_the_proof_is_requested_once_every_range_is_uploaded_and_again_after_a_r
 
 
 @pytest.mark.parametrize("delivery_url", ["sqlite"], indirect=True)
-def test_datahub_deliver_delivers_one_date_with_tagged_runs_and_a_proof(
+def test_datahub_deliver_delivers_one_date_and_a_rerun_sends_only_what_failed(
     tmp_path, sdk_jar, keys_file, delivery_url, datahub_endpoint  # noqa: ANN001
 ):
     contracts = write_contract(tmp_path / "contracts", batch_ranges=2)
     resources = configured_resources(tmp_path, delivery_url=delivery_url, sdk_jar=sdk_jar, keys_file=keys_file)
-    source = generate(250, DAY)
+    source = generate(250, DAY)  # 3 batches: range 0 holds batch 0, range 1 batches 1 and 2
     write_table(source, resources["source_db"].url)
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, **environment_of(resources), "DAGSTER_HOME": str(home)}
     command = [str(DELIVER), "--dataset", "user_profile", "--date", DAY, "--contracts-dir", str(contracts)]
+    datahub_endpoint.faults(scripted=[{"request": 1, "outcome": "F/PARAM_ILLEGAL"}])  # range 0's batch
 
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
-    assert first.returncode == 0, first.stdout + first.stderr
-    prepared, uploaded, delivered = first.stdout.splitlines()  # a line per step
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    prepared, failed, uploaded, verdict = refused.stdout.splitlines()  # a line per step
     assert prepared == f"user_profile {DAY}: snapshot of 250 rows (0 quarantined)"
-    assert uploaded == f"user_profile {DAY}: 2 ranges uploaded: 3 batches sent, 0 already delivered"
+    assert failed.startswith(f"user_profile {DAY}: range 0 failed (run ") and "PARAM_ILLEGAL" in failed
+    assert uploaded == f"user_profile {DAY}: 1 of 2 ranges uploaded: 2 batches sent, 0 already delivered"
+    assert verdict == f"user_profile {DAY}: not delivered, range 0 failed; run this again, it sends only what is missing"
+    assert not resources["lake"].proof_path("user_profile", DAY).exists()
+
+    delivered = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+    assert delivered.returncode == 0, delivered.stdout + delivered.stderr
+    _, uploaded, verdict = delivered.stdout.splitlines()
+    assert uploaded == f"user_profile {DAY}: 2 of 2 ranges uploaded: 1 batches sent, 2 already delivered"
     proof = resources["lake"].proof_path("user_profile", DAY)
-    assert delivered.endswith(f"after the 10:00 GMT+8 deadline; proof in {proof}")
-    assert again.returncode == 0 and "0 batches sent, 3 already delivered" in again.stdout
+    assert verdict.startswith(f"user_profile {DAY}: delivered ") and verdict.endswith(f"after the 10:00 GMT+8 deadline; proof in {proof}")
     reconciled = datahub_endpoint.reconcile(load_contract(contracts / "user_profile.yaml").data_uuid, source["user_id"].to_list())
     assert (reconciled["stored"], reconciled["missing"], reconciled["unexpected"]) == (250, 0, 0)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={"datahub/dataset": "user_profile", "datahub/date": DAY}))
-        assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-        assert sorted((r.job_name, r.tags.get("datahub/range")) for r in runs) == sorted(
-            2 * [("user_profile_prepare_job", None), ("user_profile_upload_job", "0"), ("user_profile_upload_job", "1"),
-                 ("user_profile_proof_job", None)]
-        )  # fmt: skip
+        assert sorted((r.job_name, r.tags.get("datahub/range"), r.status.value) for r in runs) == sorted(
+            [("user_profile_prepare_job", None, "SUCCESS")] * 2
+            + [("user_profile_upload_job", "0", "FAILURE"), ("user_profile_upload_job", "0", "SUCCESS")]
+            + [("user_profile_upload_job", "1", "SUCCESS")] * 2
+            + [("user_profile_proof_job", None, "SUCCESS")]
+        )
         assert instance.get_latest_materialization_event(DELIVERED) is not None
 
 
