@@ -1,16 +1,30 @@
-"""The command-line tools: `datahub-plan` (the deadline arithmetic) and `datahub-schema`
-(a contract's schema as the partner's toolkit registers it)."""
+"""The command-line tools: `datahub-plan` (the deadline arithmetic), `datahub-schema` (a
+contract's schema as the partner's toolkit registers it) and `datahub-deliver` (one
+business date of one dataset, end to end)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
-from datahub_assets.contract import load_contract
-from datahub_assets.partitions import PARTNER_TZ, batch_count, business_date, deadline_for
+import dagster as dg
+
+from datahub_assets.automation.daily import prepare_job_name, proof_job_name, upload_job_name
+from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, Contract, load_contract, load_contracts
+from datahub_assets.partitions import (
+    PARTNER_TZ,
+    Stage,
+    asset_name,
+    batch_count,
+    business_date,
+    deadline_for,
+    range_keys,
+    upload_partition_key,
+)
 from datahub_assets.planning import plan
 
 
@@ -94,3 +108,92 @@ def schema_main(argv: list[str] | None = None) -> None:
     parser.add_argument("contract", type=Path)
     args = parser.parse_args(argv)
     print(json.dumps(load_contract(args.contract).partner_schema(), indent=2))
+
+
+# The runs' own logs stay in the instance, where the UI shows them; the terminal gets a
+# line per step.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def deliver_date(defs: dg.Definitions, instance: dg.DagsterInstance, contract: Contract, day: str, say=print) -> bool:  # noqa: ANN001
+    """Deliver one business date of one dataset as the daily chain does, in this process
+    and in order: the prepare job, the upload job for every batch range, then the proof
+    job, each a run on `instance` tagged like any run of the chain. Ranges go one after
+    another (the global limiter still holds the cap); a failed range does not stop the
+    others, but the proof needs them all. True once the date's proof is recorded."""
+    def run(job_name: str, partition_key: str) -> dg.ExecuteInProcessResult:
+        job = defs.resolve_job_def(job_name)
+        return job.execute_in_process(partition_key=partition_key, instance=instance, run_config=QUIET, raise_on_error=False)
+
+    def metadata(result: dg.ExecuteInProcessResult, stage: Stage) -> dict:
+        (materialization,) = result.asset_materializations_for_node(asset_name(contract, stage))
+        return {k: v.value for k, v in materialization.metadata.items()}
+
+    def why(result: dg.ExecuteInProcessResult) -> str:
+        failures = result.get_step_failure_events()
+        return failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "see the run in the UI"
+
+    name = f"{contract.dataset} {day}"
+    prepared = run(prepare_job_name(contract), day)
+    if not prepared.success:
+        say(f"{name}: extract and snapshot failed, nothing uploaded (run {prepared.run_id}): {why(prepared)}")
+        return False
+    snapshot = metadata(prepared, Stage.SNAPSHOT)
+    say(f"{name}: snapshot of {snapshot['dagster/row_count']} rows ({snapshot['rejected_rows']} quarantined)")
+
+    keys = range_keys(contract.batch_ranges)
+    sent = skipped = 0
+    failed = []
+    for key in keys:
+        uploaded = run(upload_job_name(contract), upload_partition_key(day, key))
+        if not uploaded.success:
+            failed.append(key)
+            say(f"{name}: range {key} failed (run {uploaded.run_id}): {why(uploaded)}")
+            continue
+        report = metadata(uploaded, Stage.UPLOADED)
+        sent, skipped = sent + report["batches_sent"], skipped + report["batches_skipped"]
+    say(f"{name}: {len(keys) - len(failed)} of {len(keys)} ranges uploaded: {sent} batches sent, {skipped} already delivered")
+    if failed:
+        say(f"{name}: not delivered, range {', '.join(failed)} failed; run this again, it sends only what is missing")
+        return False
+
+    proved = run(proof_job_name(contract), day)
+    if not proved.success:
+        say(f"{name}: no proof of delivery (run {proved.run_id}): {why(proved)}")
+        return False
+    proof = metadata(proved, Stage.DELIVERED)
+    slack_s = proof.get("slack_at_completion_s")  # none when the date had no batch to send
+    when = "" if slack_s is None else f" {_fmt(abs(slack_s))} {'before' if slack_s >= 0 else 'after'} the 10:00 GMT+8 deadline"
+    say(f"{name}: delivered{when}; proof in {proof['proof_path']}")
+    return True
+
+
+def deliver_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Deliver one business date of one dataset: extract, snapshot, every batch range, then the proof "
+            "of delivery, as runs on the Dagster instance of DAGSTER_HOME (the UI shows them). Safe to run "
+            "again: it sends only what the partner has not acknowledged."
+        )
+    )
+    parser.add_argument("--dataset", required=True, help="the contract's dataset, e.g. user_profile")
+    parser.add_argument("--date", type=_iso_date, default=None, help="business date (default: yesterday in GMT+8)")
+    parser.add_argument(
+        "--contracts-dir", type=Path, default=DEFAULT_CONTRACTS_DIR, help="the folder of data contracts the platform loads"
+    )
+    args = parser.parse_args(argv)
+    contracts = {c.dataset: c for c in load_contracts(args.contracts_dir)}
+    if args.dataset not in contracts:
+        parser.error(f"no contract for dataset {args.dataset!r} in {args.contracts_dir}: one of {', '.join(sorted(contracts))}")
+    contract = contracts[args.dataset]
+    day = args.date or business_date()
+    if day < contract.start_date:
+        parser.error(f"{day} is before the contract's start date {contract.start_date}")
+    if not os.environ.get("DAGSTER_HOME"):
+        parser.error("DAGSTER_HOME is not set: it names the Dagster instance the runs are recorded in")
+
+    from datahub_assets.definitions import build_definitions  # loads the contracts, as the code location does
+
+    with dg.DagsterInstance.get() as instance:
+        delivered = deliver_date(build_definitions(args.contracts_dir), instance, contract, day)
+    raise SystemExit(0 if delivered else 1)

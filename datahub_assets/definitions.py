@@ -1,5 +1,5 @@
-"""The whole platform on one screen: per contract, extract -> snapshot -> uploaded;
-the resources they share; schedules and sensors.
+"""The whole platform on one screen: per contract, extract -> snapshot -> uploaded ->
+delivered; the jobs that run them; the resources they share; schedules and sensors.
 
 Nothing here reads the environment, opens a connection or starts a JVM: resources
 take their settings through EnvVar (datahub_assets/resources.py), resolved only when a
@@ -13,8 +13,15 @@ from typing import Literal
 
 import dagster as dg
 
-from datahub_assets.automation.daily import build_daily_delivery_schedule, build_upload_fan_out_sensor
+from datahub_assets.automation.daily import (
+    build_daily_delivery_schedule,
+    build_prepare_job,
+    build_proof_job,
+    build_upload_fan_out_sensor,
+    build_upload_job,
+)
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contracts
+from datahub_assets.delivered.assets import build_delivered_asset, build_proof_sensor
 from datahub_assets.extract.assets import build_extract_asset
 from datahub_assets.monitoring.dead_runs import build_dead_run_sensor
 from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch_sensors
@@ -25,11 +32,13 @@ from datahub_assets.upload.assets import build_uploaded_asset
 
 
 def build_dataset_assets(contracts_dir: Path) -> list[dg.AssetsDefinition]:
+    """Per contract, its chain in order: extract, snapshot, uploaded, delivered."""
     assets = []
     for contract in load_contracts(contracts_dir):
         extract = build_extract_asset(contract)
         snapshot = build_snapshot_asset(contract, extract)
-        assets += [extract, snapshot, build_uploaded_asset(contract, snapshot)]
+        uploaded = build_uploaded_asset(contract, snapshot)
+        assets += [extract, snapshot, uploaded, build_delivered_asset(contract, uploaded)]
     return assets
 
 
@@ -45,29 +54,37 @@ PART_RESOURCES: dict[Part, tuple[str, ...]] = {
 
 
 def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[Part, ...] = ("prepare", "deliver")) -> dg.Definitions:
-    """The definitions of the given parts: extract, snapshot and their schedule
-    (`prepare`); uploaded, its checks and the sensors (`deliver`)."""
+    """The definitions of the given parts: extract, snapshot, their job and schedule
+    (`prepare`); uploaded, delivered and its checks, their jobs and the sensors (`deliver`)."""
     contracts = load_contracts(contracts_dir)
     assets = build_dataset_assets(contracts_dir)
-    uploaded_keys = {asset_key(c, Stage.UPLOADED) for c in contracts}
-    kept, checks, schedules, sensors = [], [], [], []
+    prepared = {asset_key(c, stage) for c in contracts for stage in (Stage.EXTRACT, Stage.SNAPSHOT)}
+    kept, checks, jobs, schedules, sensors = [], [], [], [], []
     if "prepare" in parts:
-        kept += [a for a in assets if a.key not in uploaded_keys]
-        schedules += [build_daily_delivery_schedule(c) for c in contracts]
+        kept += [a for a in assets if a.key in prepared]
+        for contract in contracts:
+            prepare_job = build_prepare_job(contract)
+            jobs.append(prepare_job)
+            schedules.append(build_daily_delivery_schedule(contract, prepare_job))
     if "deliver" in parts:
-        kept += [a for a in assets if a.key in uploaded_keys]
-        # Declares the watching checks on each <dataset>_uploaded; the sensors report them.
-        checks += [build_delivery_checks(c) for c in contracts]
+        kept += [a for a in assets if a.key not in prepared]
+        for contract in contracts:
+            upload_job = build_upload_job(contract)
+            jobs += [upload_job, build_proof_job(contract)]
+            sensors.append(build_upload_fan_out_sensor(contract, upload_job))
+            # Declares the watching checks on <dataset>_delivered; the sensors report them.
+            checks.append(build_delivery_checks(contract))
         sensors += [
-            *(build_upload_fan_out_sensor(c) for c in contracts),
             *build_watch_sensors(contracts),
             build_dead_run_sensor(contracts),
+            build_proof_sensor([asset_key(c, Stage.DELIVERED) for c in contracts]),
         ]
     resources = build_resources()
     used = {key for part in parts for key in PART_RESOURCES[part]}
     return dg.Definitions(
         assets=kept,
         asset_checks=checks,
+        jobs=jobs,
         schedules=schedules,
         sensors=sensors,
         resources={key: resource for key, resource in resources.items() if key in used},

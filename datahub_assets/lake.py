@@ -1,5 +1,7 @@
-"""Where each stage's Parquet files live, one folder per dataset; private to the user
-that runs the steps, and kept for the contract's `retention_days`."""
+"""Where each stage's files live, one folder per dataset; private to the user that runs
+the steps. Extracts, snapshots and quarantines are kept for the contract's
+`retention_days`; proofs of delivery (batch numbers, traceIds and content hashes, no row
+value) are kept like the ledger they come from."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ _DAY = re.compile(r"^(\d{4}-\d{2}-\d{2})(\.parquet)?$")
 
 
 class DataLake(dg.ConfigurableResource):
-    """The local (or mounted) folder holding extracts, snapshots and quarantines.
+    """The local (or mounted) folder holding extracts, snapshots, quarantines and proofs.
 
     The files hold the wallet's rows in clear text, so only the user that runs the steps
     may read them: folders 0700, files 0600. Polars and the extract code create them
@@ -44,6 +46,9 @@ class DataLake(dg.ConfigurableResource):
 
     def quarantine_path(self, dataset: str, day: str) -> Path:
         return Path(self.root) / dataset / "quarantine" / f"{day}.parquet"
+
+    def proof_path(self, dataset: str, day: str) -> Path:
+        return Path(self.root) / dataset / "proof" / f"{day}.csv"
 
     # --- permissions ----------------------------------------------------------------------
 

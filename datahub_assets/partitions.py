@@ -5,6 +5,9 @@ A day's snapshot is sorted by id, so batch i is rows [100 i, 100 i + 100) on eve
 Each day's batches are cut into a fixed number of contiguous ranges; a range key is the
 zero-padded range number ("00".."31"), and its slice depends only on the day's batch
 count. Never one partition per batch: 250k partitions a day would sink the UI.
+
+An uploaded partition key reads date first, `2026-11-29|31`: Dagster orders the
+dimensions of a multi-partition by name, and "date" sorts before "range".
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ DEADLINE = time(10, 0)  # GMT+8, on the day after the business date
 BATCH_ROWS = 100  # the partner's batch size
 
 DATE_DIM = "date"
-RANGE_DIM = "batch_range"
+RANGE_DIM = "range"  # sorts after DATE_DIM, so keys read `<date>|<range>`
 
 
 class Stage(str, Enum):
-    """A dataset's assets, in order: each contract gives one chain of the three."""
+    """A dataset's assets, in order: each contract gives one chain of the four."""
 
     EXTRACT = "extract"
     SNAPSHOT = "snapshot"
     UPLOADED = "uploaded"
+    DELIVERED = "delivered"  # the date's proof of delivery, once every range is uploaded
 
 
 def asset_key(contract: Contract, stage: Stage) -> dg.AssetKey:

@@ -126,7 +126,7 @@ class Day:
         self.lake = self.resources["lake"]
         self.source_url = self.resources["source_db"].url
         self.landing_dir = Path(self.resources["landing"].url)
-        self.extract, self.snapshot, self.uploaded = build_dataset_assets(contracts_dir)
+        self.extract, self.snapshot, self.uploaded, self.delivered = build_dataset_assets(contracts_dir)
         self.instance = instance
 
     @property
@@ -171,6 +171,13 @@ class Day:
             assert result.success
             metadata.append(materialization_metadata(result, self.uploaded))
         return metadata
+
+    def prove(self, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        """Build the day's proof of delivery, as the proof sensor would once every range is uploaded."""
+        return dg.materialize(
+            [self.delivered], partition_key=self.day, resources=self.resources, instance=self.instance,
+            raise_on_error=raise_on_error,
+        )  # fmt: skip
 
     def ledger(self) -> dict[int, LedgerEntry]:
         engine = create_delivery_engine(self.delivery_url)

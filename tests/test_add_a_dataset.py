@@ -104,3 +104,8 @@ def test_following_the_page_delivers_the_new_dataset(tmp_path, pg_url, datahub_e
     snapshot = pl.read_parquet(tmp_path / "lake" / contract.dataset / "snapshot" / f"{day}.parquet")
     row = snapshot.filter(pl.col("id") == "ord-000008").row(0, named=True)
     assert (row["amount"], row["itemCount"], row["merchantId"]) == ("2.0", "2", "m-8")
+
+    # The page's last promise: the command ends with the proof of delivery, one line per batch.
+    proof = tmp_path / "lake" / contract.dataset / "proof" / f"{day}.csv"
+    batch_numbers = [line.split(",")[0] for line in proof.read_text().splitlines()[1:]]
+    assert batch_numbers == [str(n) for n in range(50)]

@@ -17,7 +17,7 @@ from datahub_dev.synthetic import generate, write_table
 def test_every_asset_names_its_owners_and_its_contract_and_the_snapshot_its_columns():
     assets = {a.key.to_user_string(): a for a in build_dataset_assets(DEFAULT_CONTRACTS_DIR)}
     contract_file = (DEFAULT_CONTRACTS_DIR / "user_profile.yaml").resolve()
-    for name in ("user_profile_extract", "user_profile_snapshot", "user_profile_uploaded"):
+    for name in ("user_profile_extract", "user_profile_snapshot", "user_profile_uploaded", "user_profile_delivered"):
         spec = assets[name].specs_by_key[dg.AssetKey(name)]
         assert spec.owners == ["team:wallet-data"]
         (reference,) = spec.metadata["dagster/code_references"].code_references

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 import polars as pl
 
-from datahub_assets.automation.daily import FAN_OUT_TAG, build_daily_delivery_schedule
+from datahub_assets.automation.daily import FAN_OUT_TAG, build_daily_delivery_schedule, build_prepare_job
 from datahub_assets.contract import load_contract
 from datahub_assets.definitions import build_dataset_assets, build_definitions
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
@@ -51,7 +51,7 @@ def test_a_snapshot_that_fails_its_blocking_check_is_never_fanned_out(tmp_path: 
     # 20 % broken rows on one day: over the contract's 5 % reject share.
     write_table(generate(1_000, rejected_day, bad_share=0.2), resources["source_db"].url)
     write_table(generate(1_000, good_day), resources["source_db"].url)
-    extract, snapshot, _ = build_dataset_assets(CONTRACTS_DIR)
+    extract, snapshot, *_ = build_dataset_assets(CONTRACTS_DIR)
     defs = build_definitions()
     tags = {FAN_OUT_TAG: CONTRACT.dataset}
     with dg.instance_for_test() as instance:
@@ -73,7 +73,7 @@ def test_the_row_count_check_fails_beyond_the_contracts_change(tmp_path: Path):
     resources = lake_resources(tmp_path)
     write_table(generate(1_000, "2026-11-24"), resources["source_db"].url)
     write_table(generate(400, DAY), resources["source_db"].url)  # -60 %: over the 50 % allowed
-    extract, snapshot, _ = build_dataset_assets(CONTRACTS_DIR)
+    extract, snapshot, *_ = build_dataset_assets(CONTRACTS_DIR)
     with dg.instance_for_test() as instance:
         for day in ("2026-11-24", DAY):
             result = dg.materialize([extract, snapshot], partition_key=day, resources=resources, instance=instance)
@@ -81,7 +81,7 @@ def test_the_row_count_check_fails_beyond_the_contracts_change(tmp_path: Path):
 
     check = check_results(result)[ROW_COUNT_CHANGE_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert {k: v.value for k, v in check.metadata.items()} == {"previous_rows": 1_000, "rows": 400, "change": 0.6}
+    assert {k: v.value for k, v in check.metadata.items()} == {"previous_rows": 1_000, "rows": 400, "change_share": 0.6}
     assert check_results(result)[SCHEMA_CHECK].passed
 
 
@@ -120,7 +120,7 @@ def test_the_fan_out_of_two_contracts_starts_each_datasets_own_ranges(tmp_path: 
         requests = {d: fan_out(defs, d, instance) for d in ("user_profile", "device_profile")}
 
     for dataset, ranges in (("user_profile", 4), ("device_profile", 2)):
-        assert {tuple(r.asset_selection) for r in requests[dataset]} == {(dg.AssetKey(f"{dataset}_uploaded"),)}
+        assert defs.resolve_sensor_def(f"{dataset}_upload_fan_out_sensor").job_name == f"{dataset}_upload_job"
         assert sorted(r.partition_key for r in requests[dataset]) == sorted(
             dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: k}) for k in range_keys(ranges)
         )
@@ -133,7 +133,7 @@ def test_the_fan_out_of_two_contracts_starts_each_datasets_own_ranges(tmp_path: 
 
 def test_the_schedule_skips_a_business_date_before_the_contracts_start(tmp_path: Path):
     contract = load_contract(write_contract(tmp_path, start_date="2026-11-26") / "user_profile.yaml")
-    schedule = build_daily_delivery_schedule(contract)
+    schedule = build_daily_delivery_schedule(contract, build_prepare_job(contract))
 
     def tick(utc: datetime) -> dg.RunRequest | dg.SkipReason:
         with dg.instance_for_test() as instance:

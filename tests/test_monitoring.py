@@ -26,10 +26,7 @@ from datahub_dev.synthetic import generate, write_table
 from datahub_assets.lake import DataLake
 from datahub_assets.monitoring.clock import WatchClock
 from datahub_assets.monitoring.notifier import Notifier
-from datahub_assets.automation.daily import (
-    FAN_OUT_TAG,
-    build_daily_delivery_schedule,
-)
+from datahub_assets.automation.daily import FAN_OUT_TAG, build_daily_delivery_schedule, build_prepare_job
 from datahub_assets.monitoring.rules import (
     AT_RISK,
     FAILED,
@@ -51,6 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = DEFAULT_CONTRACTS_DIR
 CONTRACT = load_contract(CONTRACTS_DIR / "user_profile.yaml")
 UPLOADED = dg.AssetKey("user_profile_uploaded")
+DELIVERED = dg.AssetKey("user_profile_delivered")
 KEYS = range_keys(CONTRACT.batch_ranges)
 DAY = "2026-11-25"  # business date; due 2026-11-26 10:00 GMT+8
 DAY_ROWS = 100_000  # 1,000 batches
@@ -129,11 +127,25 @@ class Platform:
             raise_on_error=False,
         )
 
+    def prove(self, day: str, now: datetime) -> dg.ExecuteInProcessResult:
+        """A real proof run for the date: <dataset>_delivered and the watching checks on it,
+        judged at `now`."""
+        *_, delivered = build_dataset_assets(CONTRACTS_DIR)
+        return dg.materialize(
+            [delivered, build_delivery_checks(CONTRACT, lookback_days=1)],
+            partition_key=day,
+            instance=self.instance,
+            resources={
+                "lake": self.lake,
+                "delivery_db": self.resources["delivery_db"],
+                "watch_clock": WatchClock(frozen_at=now.isoformat()),
+            },
+        )
+
     def settle(self) -> None:
-        """Until the latest materialization is over one second old: SQLite keeps a check
-        result's time in whole seconds, so the sensor repeats a result reported sooner
-        (see sensors.py)."""
-        (latest,) = self.instance.fetch_materializations(UPLOADED, limit=1).records
+        """Until the latest proof is over one second old: SQLite keeps a check result's time
+        in whole seconds, so the sensor repeats a result reported sooner (see sensors.py)."""
+        (latest,) = self.instance.fetch_materializations(DELIVERED, limit=1).records
         deadline = time.monotonic() + 30
         while time.time() <= latest.timestamp + 1.0:
             assert time.monotonic() < deadline
@@ -151,7 +163,7 @@ class Platform:
         return result
 
     def latest_check(self, check_name: str) -> dg.AssetCheckEvaluation:
-        record = self.instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(UPLOADED, check_name))
+        record = self.instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(DELIVERED, check_name))
         assert record is not None and record.event is not None
         return record.event.asset_check_evaluation
 
@@ -235,13 +247,10 @@ def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platfor
     assert (meta["ranges_missing"], meta["minutes_past_deadline"], meta["batches_remaining"]) == (2, 1, 63)
     assert [a["ranges"] for a in receiver.webhook_alerts()] == [KEYS[30:]]
 
-    # The next ticks see the same late ranges: no new alert; once the materializations are
-    # settled, no new check result either.
+    # The next tick sees the same late ranges: no new alert, and no new check result (upload
+    # runs leave the delivered asset, and its checks, alone).
     again = platform.tick(LATE, on_due_day(10, 3), late.cursor)
-    assert len(receiver.webhook_alerts()) == 1 and all(not e.passed for e in again.asset_events)
-    platform.settle()
-    again = platform.tick(LATE, on_due_day(10, 4), again.cursor)
-    assert platform.tick(LATE, on_due_day(10, 5), again.cursor).asset_events == []
+    assert len(receiver.webhook_alerts()) == 1 and again.asset_events == []
 
     # Delivered: the check passes again, and nobody is told twice about anything.
     platform.deliver(DAY, KEYS[30:])
@@ -256,7 +265,7 @@ def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platfor
 
 
 UI_CHECKS_QUERY = """
-query UploadedChecks($key: AssetKeyInput!) {
+query Checks($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
     ... on AssetNode {
       assetChecksOrError {
@@ -270,37 +279,43 @@ query UploadedChecks($key: AssetKeyInput!) {
 """
 
 
-def test_the_ui_shows_each_sensor_result_on_the_uploaded_asset(platform: Platform):
+def test_the_ui_shows_each_sensor_result_on_the_delivered_asset(platform: Platform):
     platform.write_snapshot(DAY, DAY_ROWS)
     platform.deliver(DAY, KEYS[:30])
     definitions_file = str(REPO_ROOT / "datahub_assets" / "definitions.py")
     with define_out_of_process_workspace(definitions_file, "defs", platform.instance) as workspace:
 
-        def shown() -> dict:
+        def shown(asset: dg.AssetKey) -> dict:
             """What the asset's Checks tab shows, through the webserver's GraphQL."""
             result = execute_dagster_graphql(
-                workspace.create_request_context(), UI_CHECKS_QUERY, {"key": {"path": UPLOADED.path}}
+                workspace.create_request_context(), UI_CHECKS_QUERY, {"key": {"path": asset.path}}
             )
             checks = result.data["assetNodeOrError"]["assetChecksOrError"]["checks"]
             return {c["name"]: c["executionForLatestMaterialization"] for c in checks}
 
-        assert set(shown()) == {NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK}
+        assert shown(UPLOADED) == {}  # no check runs in an upload run
+        assert set(shown(DELIVERED)) == {NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK}
         late = platform.tick(LATE, on_due_day(10, 1))
-        assert shown()[ON_TIME_CHECK]["status"] == "FAILED"
-        assert "2 of 32 ranges not delivered" in shown()[ON_TIME_CHECK]["evaluation"]["description"]
+        assert shown(DELIVERED)[ON_TIME_CHECK]["status"] == "FAILED"
+        assert "2 of 32 ranges not delivered" in shown(DELIVERED)[ON_TIME_CHECK]["evaluation"]["description"]
 
         # A range of another date lands (a real run; its day is empty, so nothing is sent):
-        # the UI hides results older than the latest materialization, so the sensor
-        # reports the unchanged result again.
+        # the delivered asset's checks stand, and the sensor has nothing new to report.
         platform.write_snapshot("2026-11-24", 0)
         assert platform.upload_run("2026-11-24", KEYS[0]).success
-        assert shown()[ON_TIME_CHECK] is None
+        assert shown(DELIVERED)[ON_TIME_CHECK]["status"] == "FAILED"
         again = platform.tick(LATE, on_due_day(10, 3), late.cursor)
-        assert len(again.asset_events) == 1
+        assert again.asset_events == []
+
+        # That date's proof lands: its run evaluates the checks for the new materialization,
+        # so the UI still shows them; the sensor reports its unchanged result once more.
+        assert platform.prove("2026-11-24", on_due_day(10, 4)).success
+        assert shown(DELIVERED)[ON_TIME_CHECK]["status"] == "FAILED"
+        assert "2 of 32 ranges not delivered" in shown(DELIVERED)[ON_TIME_CHECK]["evaluation"]["description"]
         platform.settle()
-        again = platform.tick(LATE, on_due_day(10, 4), again.cursor)
-        assert shown()[ON_TIME_CHECK]["status"] == "FAILED"
-        assert platform.tick(LATE, on_due_day(10, 5), again.cursor).asset_events == []
+        again = platform.tick(LATE, on_due_day(10, 5), again.cursor)
+        assert len(again.asset_events) == 1
+        assert platform.tick(LATE, on_due_day(10, 6), again.cursor).asset_events == []
 
 
 def test_executing_the_checks_by_hand_evaluates_like_the_sensors(platform: Platform, receiver: Receiver):
@@ -326,6 +341,27 @@ def test_executing_the_checks_by_hand_evaluates_like_the_sensors(platform: Platf
     assert by_name[ON_TIME_CHECK].description == reported.description
     assert by_name[ON_TIME_CHECK].metadata == reported.metadata
     assert len(receiver.webhook_alerts()) == 1  # only the sensor notifies
+
+
+@pytest.mark.parametrize(("last_ack", "by_deadline", "slack_s"), [((9, 0), True, 3600.0), ((10, 30), False, -1800.0)])
+def test_a_proof_records_whether_its_date_was_delivered_by_the_deadline(
+    platform: Platform, last_ack: tuple[int, int], by_deadline: bool, slack_s: float
+):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(DAY_BATCHES))
+    platform.pace_acks(DAY, 1.0, until=on_due_day(*last_ack))
+    platform.deliver(DAY, KEYS)
+
+    proof = platform.prove(DAY, on_due_day(11, 0))
+
+    (materialization,) = proof.asset_materializations_for_node(DELIVERED.path[-1])
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    assert (meta["delivered_by_deadline"], meta["slack_at_completion_s"]) == (by_deadline, slack_s)
+    assert meta["completed_at"] == on_due_day(*last_ack).timestamp()
+    # The run evaluated the watching checks too: the date is complete, so none is flagged.
+    assert {e.check_name: e.passed for e in proof.get_asset_check_evaluations()} == dict.fromkeys(
+        [NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK], True
+    )
 
 
 def test_a_date_whose_batches_are_all_acknowledged_is_not_late(platform: Platform, receiver: Receiver):
@@ -452,10 +488,11 @@ def test_a_cursor_from_before_channels_were_remembered_sends_nothing_again(platf
 
 
 def test_the_schedule_starts_yesterdays_extract_and_snapshot_in_gmt8():
-    schedule = build_daily_delivery_schedule(CONTRACT)
+    schedule = build_daily_delivery_schedule(CONTRACT, build_prepare_job(CONTRACT))
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 5 * * *", "Asia/Shanghai")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert build_daily_delivery_schedule(CONTRACT, start=clock_time(4, 5)).cron_schedule == "5 4 * * *"
+    later = build_daily_delivery_schedule(CONTRACT, build_prepare_job(CONTRACT), start=clock_time(4, 5))
+    assert later.cron_schedule == "5 4 * * *"
 
     # 05:30 GMT+8 on the 26th is 21:30 UTC on the 25th: the business date is the 25th.
     tick = datetime(2026, 11, 25, 21, 30, tzinfo=timezone.utc)
@@ -467,15 +504,16 @@ def test_the_schedule_starts_yesterdays_extract_and_snapshot_in_gmt8():
         (request,) = defs.resolve_schedule_def("user_profile_daily_schedule").evaluate_tick(context).run_requests
 
     assert request.partition_key == DAY
-    assert request.asset_selection == [dg.AssetKey("user_profile_extract"), dg.AssetKey("user_profile_snapshot")]
+    assert schedule.job_name == "user_profile_prepare_job"  # extract and snapshot
     assert request.tags[FAN_OUT_TAG] == "user_profile"
+    assert (request.tags["datahub/dataset"], request.tags["datahub/date"]) == ("user_profile", DAY)
 
 
 def test_a_successful_tagged_snapshot_run_fans_out_every_range_once(tmp_path: Path):
     source_url = f"sqlite:///{tmp_path / 'source.db'}"
     for day in (DAY, "2026-11-24", "2026-11-23"):
         write_table(generate(500, day), source_url)
-    extract, snapshot, _ = build_dataset_assets(CONTRACTS_DIR)
+    extract, snapshot, *_ = build_dataset_assets(CONTRACTS_DIR)
     resources = {
         "lake": DataLake(root=str(tmp_path / "lake")),
         "source_db": SourceDatabase(url=source_url),
@@ -500,7 +538,8 @@ def test_a_successful_tagged_snapshot_run_fans_out_every_range_once(tmp_path: Pa
     assert sorted(r.partition_key for r in first.run_requests) == sorted(
         dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: k}) for k in KEYS
     )
-    assert all(r.asset_selection == [UPLOADED] and r.asset_check_keys == [] for r in first.run_requests)
+    assert sensor.job_name == "user_profile_upload_job"
+    assert sorted(r.tags["datahub/range"] for r in first.run_requests) == KEYS
     assert len({r.run_key for r in first.run_requests}) == len(KEYS)
     assert second.run_requests == []
 
@@ -513,9 +552,13 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
     defs = build_definitions(tmp_path)
     dg.Definitions.validate_loadable(defs)
 
+    checks = defs.resolve_asset_graph().asset_check_keys
     for dataset in ("user_profile", "device_profile"):
         for check in (NOT_FAILED_CHECK, ON_TIME_CHECK, NOT_AT_RISK_CHECK, NOT_STALLED_CHECK):
-            assert defs.get_asset_checks_def(dg.AssetCheckKey(dg.AssetKey(f"{dataset}_uploaded"), check))
+            assert dg.AssetCheckKey(dg.AssetKey(f"{dataset}_delivered"), check) in checks
+        assert not [c for c in checks if c.asset_key == dg.AssetKey(f"{dataset}_uploaded")]
+        jobs = {f"{dataset}_{job}_job" for job in ("prepare", "upload", "proof")}
+        assert jobs <= {j.name for j in defs.resolve_all_job_defs()}
     assert {s.name: s.default_status for s in defs.sensors} == dict.fromkeys(
         [
             "user_profile_upload_fan_out_sensor",
@@ -525,6 +568,7 @@ def test_definitions_declare_the_checks_schedules_and_sensors_per_contract(tmp_p
             "delivery_at_risk_sensor",
             "delivery_stalled_sensor",
             "dead_upload_run_sensor",
+            "proof_of_delivery_sensor",
         ],
         dg.DefaultSensorStatus.RUNNING,
     )
@@ -558,7 +602,6 @@ def test_at_half_past_nine_a_stall_is_flagged_stalled_and_at_risk_each_once(plat
     platform.pace_acks(DAY, 0.05, until=on_due_day(9, 25))
     done = [k for i, k in enumerate(KEYS) if batch_slice(i, len(KEYS), DAY_BATCHES).stop <= 700]
     platform.deliver(DAY, done)
-    platform.settle()
 
     stalled = platform.tick(STALLED, on_due_day(9, 30))
     at_risk = platform.tick(AT_RISK, on_due_day(9, 30))

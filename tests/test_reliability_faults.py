@@ -125,7 +125,7 @@ def test_unknown_outcomes_lost_acks_latency_spikes_and_throttling_lose_nothing(m
     figures = assert_ledger_and_partner_agree(day, datahub_endpoint)
     # Each scripted fault cost one request, and each was retried to S.
     assert figures["by_code"] == {"S/SUCCESS": 40, "U/UNKNOWN_EXCEPTION": 5, "U/THROTTLED": 2}
-    assert meta["throttled"] == 2
+    assert meta["attempts_throttled"] == 2
     assert meta["retries"] == figures["requests"] - figures["batches"] == 7
     # Lost acknowledgements: stored, answered U, re-sent, upserted (no duplicate rows).
     receipts = endpoint_receipts(datahub_endpoint.db_path)

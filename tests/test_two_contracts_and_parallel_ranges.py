@@ -49,9 +49,10 @@ def test_a_second_contract_file_adds_a_second_chain(
     assert keys == {
         f"{d}_{s}"
         for d in ("user_profile", "device_profile")
-        for s in ("extract", "snapshot", "uploaded")
+        for s in ("extract", "snapshot", "uploaded", "delivered")
     }
     for d in ("user_profile", "device_profile"):
+        assert graph.get(dg.AssetKey(f"{d}_delivered")).parent_keys == {dg.AssetKey(f"{d}_uploaded")}
         assert graph.get(dg.AssetKey(f"{d}_uploaded")).parent_keys == {dg.AssetKey(f"{d}_snapshot")}
         assert graph.get(dg.AssetKey(f"{d}_snapshot")).parent_keys == {dg.AssetKey(f"{d}_extract")}
 
@@ -79,8 +80,11 @@ def test_a_second_contract_file_adds_a_second_chain(
         for r in ("0", "1", "2", "3"):
             key = dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: r})
             assert dg.materialize(
-                device[2:], partition_key=key, resources=resources, instance=instance
+                [device[2]], partition_key=key, resources=resources, instance=instance
             ).success
+        proof = dg.materialize([device[3]], partition_key=DAY, resources=resources, instance=instance)
+        (proved,) = proof.asset_materializations_for_node("device_profile_delivered")
+        assert proved.metadata["batches_acknowledged_S"].value == 8
 
     snapshot = pl.read_parquet(tmp_path / "lake" / "device_profile" / "snapshot" / f"{DAY}.parquet")
     assert snapshot.columns == ["id", "screenWidth", "userName"]
@@ -117,7 +121,7 @@ def test_four_ranges_in_four_processes_never_exceed_the_cap(
         write_table(frame, resources["source_db"].url)
     env = {**os.environ, **environment_of(resources)}
     env.pop("DAGSTER_HOME", None)
-    extract, snapshot, _ = build_dataset_assets(contracts)
+    extract, snapshot, *_ = build_dataset_assets(contracts)
     with dg.instance_for_test() as instance:
         for day in sources:
             assert dg.materialize(

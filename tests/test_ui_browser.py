@@ -33,7 +33,7 @@ from datahub_assets.lake import DataLake
 from datahub_assets.partitions import DATE_DIM, RANGE_DIM, batch_slice, range_keys
 from datahub_assets.upload.batches import read_batches
 
-LINEAGE = ["user_profile_extract", "user_profile_snapshot", "user_profile_uploaded"]
+LINEAGE = ["user_profile_extract", "user_profile_snapshot", "user_profile_uploaded", "user_profile_delivered"]
 LOCATION = "datahub_assets"  # workspace.yaml
 REPOSITORY = "__repository__"  # the name Dagster gives a Definitions object
 
@@ -91,7 +91,7 @@ def show_successful_run(page, webserver: Webserver, run_id: str, name: str) -> N
     screenshot(page, name)
 
 
-def test_lineage_extract_snapshot_uploaded_is_drawn(webserver: Webserver, page):  # noqa: ANN001
+def test_lineage_extract_snapshot_uploaded_delivered_is_drawn(webserver: Webserver, page):  # noqa: ANN001
     page.goto(f"{webserver.url}/asset-groups")
     # The global lineage page, filtered to the dataset's group with the selection syntax.
     page.get_by_role("textbox", name="Search and filter assets").focus()
@@ -100,7 +100,7 @@ def test_lineage_extract_snapshot_uploaded_is_drawn(webserver: Webserver, page):
     graph = page.locator("svg").filter(has=page.locator("foreignObject"))
     for name in LINEAGE:
         graph.get_by_text(name, exact=True).wait_for(state="visible")
-    page.wait_for_function("document.querySelectorAll('svg path[marker-end]').length >= 2")
+    page.wait_for_function(f"document.querySelectorAll('svg path[marker-end]').length >= {len(LINEAGE) - 1}")
     nodes, edges = graph_geometry(page)
     screenshot(page, "ui-lineage-user_profile")
 
@@ -130,7 +130,7 @@ def test_materialize_one_range_from_the_ui(prepared_day: PreparedDay, webserver:
     screenshot(page, "ui-materialize-dialog")
     launch.click()
 
-    tags = {"dagster/partition/date": prepared_day.day, "dagster/partition/batch_range": key}
+    tags = {f"dagster/partition/{DATE_DIM}": prepared_day.day, f"dagster/partition/{RANGE_DIM}": key}
     deadline = time.monotonic() + 30
     while not (runs := runs_with_tags(webserver, tags)) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -40,7 +40,7 @@ def main() -> int:
     args = parser.parse_args()
 
     (contract,) = load_contracts(args.contracts_dir)
-    extract, snapshot, uploaded = (
+    extract, snapshot, uploaded, _ = (
         a
         for a in build_dataset_assets(args.contracts_dir)
         if a.key.to_user_string().startswith(contract.dataset)

@@ -1,5 +1,14 @@
 """The daily chain, per contract: a schedule extracts and snapshots yesterday's business
-date (GMT+8); when that run succeeds, a sensor fans out the date's batch ranges.
+date (GMT+8); when that run succeeds, a sensor fans out the date's batch ranges; once every
+range is uploaded, the proof of delivery follows (delivered/assets.py).
+
+Each step is a named job, so a run of the chain says what it is wherever it starts (the
+schedule, the fan-out, a launchpad, a job backfill, `datahub-deliver`): `<dataset>_prepare_job`
+(extract + snapshot), `<dataset>_upload_job` (one batch range) and `<dataset>_proof_job`.
+Their runs carry `datahub/dataset`, `datahub/date` and, for uploads, `datahub/range`.
+Dagster sets run tags per partition only through a job's partitioned config, so a run the
+asset page's Materialize button starts (Dagster's own asset job) has only Dagster's
+`dagster/partition/date` and `dagster/partition/range` tags.
 
 Why a schedule plus a fan-out sensor:
 - Dagster has no dependency between runs. Upload runs requested by the schedule next to
@@ -25,9 +34,12 @@ from datahub_assets.partitions import (
     Stage,
     asset_key,
     business_date,
+    daily_partitions_def,
     is_current_day,
     range_keys,
+    split_upload_key,
     upload_partition_key,
+    upload_partitions_def,
 )
 
 # The reference day (25M rows = 250,000 batches) takes 12,500 s (3 h 28 min) at the
@@ -42,17 +54,74 @@ FAN_OUT_INTERVAL_S = 30
 TODAY_PRIORITY = "10"
 FAN_OUT_FIRST_LOOKBACK = timedelta(days=1)  # a newly started sensor ignores older runs
 
+DATASET_TAG, DATE_TAG, RANGE_TAG = "datahub/dataset", "datahub/date", "datahub/range"
 
-def build_daily_delivery_schedule(contract: Contract, *, start: time = DEFAULT_START) -> dg.ScheduleDefinition:
-    """Extract and snapshot the business date at `start` GMT+8: one schedule per contract,
-    since one run can only hold assets of one partitions definition (start dates differ)."""
-    stages = [asset_key(contract, Stage.EXTRACT), asset_key(contract, Stage.SNAPSHOT)]
+
+def run_tags(contract: Contract, day: str, range_key: str | None = None) -> dict[str, str]:
+    """What a run of the chain works on, as run tags (the UI filters runs by them)."""
+    return {DATASET_TAG: contract.dataset, DATE_TAG: day, **({RANGE_TAG: range_key} if range_key is not None else {})}
+
+
+def _tagged(partitions_def: dg.PartitionsDefinition, tags_for_key) -> dg.PartitionedConfig:  # noqa: ANN001
+    """A job's per-partition run tags; its run config stays the launcher's (defaults otherwise)."""
+    return dg.PartitionedConfig(
+        partitions_def=partitions_def, run_config_for_partition_key_fn=lambda key: {}, tags_for_partition_key_fn=tags_for_key
+    )
+
+
+def prepare_job_name(contract: Contract) -> str:
+    return f"{contract.dataset}_prepare_job"
+
+
+def upload_job_name(contract: Contract) -> str:
+    return f"{contract.dataset}_upload_job"
+
+
+def proof_job_name(contract: Contract) -> str:
+    return f"{contract.dataset}_proof_job"
+
+
+def build_prepare_job(contract: Contract):  # noqa: ANN201 - an unresolved asset job
+    """Extract and snapshot one date (the snapshot's checks included)."""
+    return dg.define_asset_job(
+        prepare_job_name(contract),
+        selection=dg.AssetSelection.assets(asset_key(contract, Stage.EXTRACT), asset_key(contract, Stage.SNAPSHOT)),
+        config=_tagged(daily_partitions_def(contract), lambda day: run_tags(contract, day)),
+        description=f"Extract and snapshot one business date of {contract.dataset}.",
+    )
+
+
+def build_upload_job(contract: Contract):  # noqa: ANN201 - an unresolved asset job
+    """Upload one (date, range)."""
+    partitions_def = upload_partitions_def(contract)
+    return dg.define_asset_job(
+        upload_job_name(contract),
+        selection=dg.AssetSelection.assets(asset_key(contract, Stage.UPLOADED)),
+        config=_tagged(partitions_def, lambda key: run_tags(contract, *split_upload_key(partitions_def, key))),
+        description=f"Upload one batch range of one business date of {contract.dataset} (partition `<date>|<range>`).",
+    )
+
+
+def build_proof_job(contract: Contract):  # noqa: ANN201 - an unresolved asset job
+    """Build one date's proof of delivery (and evaluate the watching checks on it)."""
+    return dg.define_asset_job(
+        proof_job_name(contract),
+        selection=dg.AssetSelection.assets(asset_key(contract, Stage.DELIVERED)),
+        config=_tagged(daily_partitions_def(contract), lambda day: run_tags(contract, day)),
+        description=f"Record the proof of delivery of one business date of {contract.dataset}, once every range is uploaded.",
+    )
+
+
+def build_daily_delivery_schedule(contract: Contract, prepare_job, *, start: time = DEFAULT_START) -> dg.ScheduleDefinition:  # noqa: ANN001
+    """Run `prepare_job` (build_prepare_job) for the business date at `start` GMT+8: one
+    schedule per contract, since one run can only hold assets of one partitions definition
+    (start dates differ)."""
 
     @dg.schedule(
         name=f"{contract.dataset}_daily_schedule",
         cron_schedule=f"{start.minute} {start.hour} * * *",
         execution_timezone=PARTNER_TZ_NAME,
-        target=dg.AssetSelection.assets(*stages),
+        target=prepare_job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=(
             f"Every day at {start:%H:%M} GMT+8: extract and snapshot yesterday's {contract.dataset}; "
@@ -63,23 +132,21 @@ def build_daily_delivery_schedule(contract: Contract, *, start: time = DEFAULT_S
         day = business_date(context.scheduled_execution_time)
         if day < contract.start_date:
             return dg.SkipReason(f"{day} is before the contract's start date {contract.start_date}")
-        return dg.RunRequest(
-            run_key=f"{contract.dataset}:{day}", partition_key=day, asset_selection=stages, tags={FAN_OUT_TAG: contract.dataset}
-        )
+        return dg.RunRequest(run_key=f"{contract.dataset}:{day}", partition_key=day, tags={FAN_OUT_TAG: contract.dataset})
 
     return _schedule
 
 
-def build_upload_fan_out_sensor(contract: Contract) -> dg.SensorDefinition:
-    """After each successful snapshot run tagged for this dataset: one upload run per
-    (date, range). One sensor per contract, for the same reason as the schedule."""
-    snapshot, uploaded = asset_key(contract, Stage.SNAPSHOT), asset_key(contract, Stage.UPLOADED)
+def build_upload_fan_out_sensor(contract: Contract, upload_job) -> dg.SensorDefinition:  # noqa: ANN001
+    """After each successful snapshot run tagged for this dataset: one run of `upload_job`
+    (build_upload_job) per (date, range). One sensor per contract, for the same reason as
+    the schedule."""
+    snapshot = asset_key(contract, Stage.SNAPSHOT)
 
     @dg.sensor(
         name=f"{contract.dataset}_upload_fan_out_sensor",
         minimum_interval_seconds=FAN_OUT_INTERVAL_S,
-        # The watching checks are reported by their own sensors, not run in every upload run.
-        target=dg.AssetSelection.assets(uploaded).without_checks(),
+        target=upload_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Starts every batch range of a date once a run tagged {FAN_OUT_TAG}={contract.dataset} "
@@ -113,15 +180,9 @@ def build_upload_fan_out_sensor(contract: Contract) -> dg.SensorDefinition:
                 dg.RunRequest(
                     run_key=f"{run.run_id}:{key}",
                     partition_key=upload_partition_key(day, key),
-                    asset_selection=[uploaded],
-                    asset_check_keys=[],
-                    tags={
-                        # Today's delivery leaves the run queue before anything else.
-                        "dagster/priority": TODAY_PRIORITY if is_current_day(day) else "0",
-                        "datahub/dataset": contract.dataset,
-                        "datahub/date": day,
-                        "datahub/range": key,
-                    },
+                    # Today's delivery leaves the run queue before anything else; the job
+                    # adds the dataset, date and range tags.
+                    tags={"dagster/priority": TODAY_PRIORITY if is_current_day(day) else "0"},
                 )
                 for key in range_keys(contract.batch_ranges)
             ]

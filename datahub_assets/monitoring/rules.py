@@ -15,10 +15,11 @@ from datahub_assets.monitoring.notifier import ranges_text
 from datahub_assets.monitoring.progress import DayProgress
 from datahub_assets.partitions import PARTNER_TZ, deadline_for
 
-NOT_FAILED_CHECK = "uploaded_not_failed"
-ON_TIME_CHECK = "uploaded_on_time"
-NOT_AT_RISK_CHECK = "uploaded_not_at_risk"
-NOT_STALLED_CHECK = "uploaded_not_stalled"
+# Checks on <dataset>_delivered; the watch sensors report them over the watched dates.
+NOT_FAILED_CHECK = "not_failed"
+ON_TIME_CHECK = "on_time"
+NOT_AT_RISK_CHECK = "not_at_risk"
+NOT_STALLED_CHECK = "not_stalled"
 STALL_AFTER = timedelta(minutes=5)  # no acknowledgement this long while batches remain: stalled
 
 
@@ -64,7 +65,8 @@ def late_finding(p: DayProgress, now: datetime) -> Finding | None:
             if outlook.duration_s < float("inf")
             else "; no ETA: nothing is being acknowledged"
         )
-        numbers["eta_s"] = round(outlook.duration_s, 1) if outlook.duration_s < float("inf") else -1
+        if outlook.duration_s < float("inf"):
+            numbers["eta_s"] = round(outlook.duration_s, 1)
     return Finding(
         p.day,
         ranges,
@@ -78,7 +80,10 @@ def at_risk_finding(p: DayProgress, now: datetime) -> Finding | None:
         return None
     if now >= deadline_for(p.day):
         # Past the deadline the date is late, not "on course": the late rule has it.
-        return Finding(p.day, p.missing_ranges, "10:00 GMT+8 has passed: see the late alert", {"past_deadline": 1})
+        minutes = int((now - deadline_for(p.day)).total_seconds() // 60)
+        return Finding(
+            p.day, p.missing_ranges, "10:00 GMT+8 has passed: see the late alert", {"minutes_past_deadline": minutes}
+        )
     outlook = p.outlook(now)
     if not outlook.at_risk:
         return None
@@ -93,20 +98,21 @@ def at_risk_finding(p: DayProgress, now: datetime) -> Finding | None:
         if outlook.duration_s < float("inf")
         else "no ETA (nothing acknowledged lately)"
     )
+    numbers = {
+        "rate_needed_batches_per_s": round(needed, 3),
+        "batches_total": p.total_batches,
+        "batches_remaining": outlook.batches,
+        "rate_batches_per_s": round(outlook.total_rate, 3),
+        "total_is_estimate": int(p.total_is_estimate),
+    }
+    if outlook.duration_s < float("inf"):  # no ETA while nothing is acknowledged
+        numbers |= {"eta_s": round(outlook.duration_s, 1), "slack_s": round(outlook.slack_s, 1)}
     return Finding(
         p.day,
         p.missing_ranges,
         f"{eta}: {outlook.batches} batches left at {outlook.total_rate:.2f} batches/s; "
         f"{needed:.2f} batches/s would finish by 10:00 and {allows}",
-        {
-            "rate_needed_batches_per_s": round(needed, 3),
-            "batches_total": p.total_batches,
-            "batches_remaining": outlook.batches,
-            "rate_batches_per_s": round(outlook.total_rate, 3),
-            "eta_s": round(outlook.duration_s, 1) if outlook.duration_s < float("inf") else -1,
-            "slack_s": round(outlook.slack_s, 1) if outlook.slack_s > float("-inf") else -1,
-            "total_is_estimate": int(p.total_is_estimate),
-        },
+        numbers,
     )
 
 

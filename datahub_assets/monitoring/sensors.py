@@ -1,7 +1,8 @@
 """Watching the deliveries, wired into Dagster: each rule's state per business date is
 shown twice:
-- as an asset-check result on <dataset>_uploaded (the checks are declared by
-  `build_delivery_checks`; executing them by hand runs the same evaluation), and
+- as an asset-check result on <dataset>_delivered, the dates' proof of delivery (the
+  checks are declared by `build_delivery_checks`; a proof run, or executing them by
+  hand, runs the same evaluation without notifying anyone; upload runs never do), and
 - as an alert through the notifier, once per (dataset, date, range), state and channel:
   each sensor keeps in its cursor what each channel already received. A channel that
   refuses is logged as an error and tried again on the next tick; the others are not
@@ -9,6 +10,15 @@ shown twice:
 
 "Now" is the `watch_clock` resource's time, which configuration can freeze, so a test or
 a rehearsal can stand at 09:00 or 10:01 GMT+8.
+
+Why one result per check over the watched dates, not one per date: Dagster 1.13 has
+partitioned asset checks (a preview), but stores a sensor's result (a result outside any
+run) under one key per check and partition, so a date's result could be reported once
+and never updated. Each date's final verdict is therefore recorded by its proof of
+delivery, as metadata per date (`delivered_by_deadline`, `slack_at_completion_s`,
+`batches_refused_F`), which the UI plots over dates; the checks here show the watch's
+current state. The delivered asset materializes once per date, not once per range, and
+its run evaluates the checks for the new materialization, so the UI keeps showing them.
 """
 
 import json
@@ -35,16 +45,16 @@ WATCH_INTERVAL_S = 120
 def build_delivery_checks(
     contract: Contract, *, lookback_days: int = DEFAULT_LOOKBACK_DAYS
 ) -> dg.AssetChecksDefinition:
-    """Declares the three checks on <dataset>_uploaded, so the UI shows the sensors' results.
+    """Declares the four checks on <dataset>_delivered, so the UI shows the sensors' results.
 
     They are executable as well: a hand run evaluates the watched dates exactly as the
     sensors do, without notifying anyone.
     """
-    uploaded = asset_key(contract, Stage.UPLOADED)
+    delivered = asset_key(contract, Stage.DELIVERED)
 
     @dg.multi_asset_check(
         name=f"{contract.dataset}_delivery_checks",
-        specs=[dg.AssetCheckSpec(w.check_name, asset=uploaded, description=w.check_description) for w in WATCHES],
+        specs=[dg.AssetCheckSpec(w.check_name, asset=delivered, description=w.check_description) for w in WATCHES],
         can_subset=True,
     )
     def _checks(
@@ -55,11 +65,11 @@ def build_delivery_checks(
             context.instance, contract, now, delivery_db=delivery_db, lake=lake, lookback_days=lookback_days
         )
         for watch in WATCHES:
-            if dg.AssetCheckKey(uploaded, watch.check_name) not in context.selected_asset_check_keys:
+            if dg.AssetCheckKey(delivered, watch.check_name) not in context.selected_asset_check_keys:
                 continue
             outcome = CheckOutcome.of(watch, watch.findings(days, now), days)
             yield dg.AssetCheckResult(
-                asset_key=uploaded, check_name=watch.check_name, passed=outcome.passed,
+                asset_key=delivered, check_name=watch.check_name, passed=outcome.passed,
                 severity=outcome.severity, description=outcome.description, metadata=dict(outcome.metadata),
             )
 
@@ -100,7 +110,7 @@ def build_watch_sensor(
         minimum_interval_seconds=WATCH_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Reports {watch.check_name} on each <dataset>_uploaded and alerts the notifier once per "
+            f"Reports {watch.check_name} on each <dataset>_delivered and alerts the notifier once per "
             f"(date, range) that is {watch.state.replace('_', ' ')}."
         ),
     )
@@ -135,11 +145,11 @@ def build_watch_sensor(
                             "%s %s %s: not alerted, nothing was started for it before the watch began",
                             watch.state, contract.dataset, finding.day,
                         )
-            # Report a result when it changes, or when a range was materialized since: the UI
+            # Report a result when it changes, or when a proof was materialized since: the UI
             # shows a check's result only while it is newer than the asset's latest
             # materialization. Not every tick: the event log keeps every result.
-            uploaded = asset_key(contract, Stage.UPLOADED)
-            latest = context.instance.fetch_materializations(uploaded, limit=1).records
+            delivered = asset_key(contract, Stage.DELIVERED)
+            latest = context.instance.fetch_materializations(delivered, limit=1).records
             reported = f"{outcome.fingerprint}@{latest[0].storage_id if latest else 0}"
             if memory.outcomes.get(contract.dataset) != reported:
                 # SQLite keeps a check result's time in whole seconds: a result reported in
@@ -149,7 +159,7 @@ def build_watch_sensor(
                 memory.outcomes[contract.dataset] = reported if settled else "unsettled"
                 events.append(
                     dg.AssetCheckEvaluation(
-                        asset_key=uploaded, check_name=watch.check_name,
+                        asset_key=delivered, check_name=watch.check_name,
                         passed=outcome.passed, severity=outcome.severity,
                         description=outcome.description, metadata=dict(outcome.metadata),
                     )

@@ -106,14 +106,14 @@ def build_snapshot_asset(contract: Contract, extract: dg.AssetsDefinition) -> dg
                 check_name=ROW_COUNT_CHANGE_CHECK,
                 passed=change <= contract.max_row_count_change,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"previous_rows": before, "rows": stats.snapshot_rows, "change": change},
+                metadata={"previous_rows": before, "rows": stats.snapshot_rows, "change_share": change},
             )
         else:
             yield dg.AssetCheckResult(
                 check_name=ROW_COUNT_CHANGE_CHECK,
                 passed=True,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"previous_rows": -1, "rows": stats.snapshot_rows},
+                metadata={"rows": stats.snapshot_rows},
                 description="No previous day to compare with.",
             )
         # Retention: the dates this one puts past the contract's window leave the lake.

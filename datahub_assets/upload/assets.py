@@ -178,19 +178,9 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
                 sdk.start(warm_up=pending >= WARM_UP_MIN_BATCHES)
             report = sender.send(batches)
 
-        # The day's outlook from the whole ledger (every range, every machine) at its
-        # measured rate: the same arithmetic as the planner CLI and the at-risk sensor.
-        remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
-        day_plan = plan(
-            batches=remaining,
-            cap=delivery_db.cap_per_second,
-            start=datetime.now(timezone.utc),
-            deadline=deadline_for(day),
-            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=time.time()) or delivery_db.cap_per_second,
-        )
         metadata = {
-            "first_batch": numbers.start,
-            "last_batch": numbers.stop - 1,
+            "first_batch_number": numbers.start,
+            "last_batch_number": numbers.stop - 1,
             "batches": report.batches_total,
             "batches_skipped": report.batches_skipped,
             "batches_sent": report.batches_sent,
@@ -199,14 +189,12 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
             "rows_sent": report.rows_sent,
             "attempts": report.attempts,
             "retries": report.retries,
-            "throttled": report.throttled,
-            "seconds": round(report.seconds, 3),
-            "rows_per_s": round(report.rows_per_s, 1),
-            "day_batches_total": total_batches,
-            "day_batches_remaining": remaining,
-            "day_eta_s": round(day_plan.duration_s, 1),
-            "day_slack_s": round(day_plan.slack_s, 1),
+            "attempts_throttled": report.throttled,
+            "duration_s": round(report.seconds, 3),
         }
+        if report.rows_sent:  # a rerun that only skips has no rate
+            metadata["rows_per_s"] = round(report.rows_per_s, 1)
+        metadata |= _day_outlook(ledger, contract, day, total_batches, delivery_db.cap_per_second)
         if report.batches_failed:
             codes = ", ".join(f"{code} x{n}" for code, n in sorted(report.failed_codes.items()))
             others = report.batches_total - report.batches_failed - report.batches_not_sent
@@ -234,6 +222,24 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
     return _uploaded
 
 
+def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: int, cap: float) -> dict[str, float]:
+    """The day's outlook from the whole ledger (every range, every machine) at its measured
+    rate: the same arithmetic as the planner CLI and the at-risk sensor. The ETA only while
+    batches remain, and the slack only for the delivery due today: a backfilled date's
+    deadline passed long before it was sent."""
+    remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
+    outlook = {"day_batches_total": total_batches, "day_batches_remaining": remaining}
+    if remaining:
+        day_plan = plan(
+            batches=remaining, cap=cap, start=datetime.now(timezone.utc), deadline=deadline_for(day),
+            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=time.time()) or cap,
+        )
+        outlook["day_eta_s"] = round(day_plan.duration_s, 1)
+        if is_current_day(day):
+            outlook["day_slack_s"] = round(day_plan.slack_s, 1)
+    return outlook
+
+
 def _dry_run(
     contract: Contract, day: str, range_key: str, batches: list[Batch], total_batches: int, ledger: Ledger,
     cap: float, context: dg.AssetExecutionContext,
@@ -244,26 +250,25 @@ def _dry_run(
         problems += batch_problems(contract, batch)
     acknowledged = len(batches) - len(pending_batches(ledger, contract.data_uuid, day, batches))
     remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
-    day_plan = plan(batches=remaining, cap=cap, start=datetime.now(timezone.utc), deadline=deadline_for(day), measured_rate=cap)
     newer = ledger.newer_delivered_day(contract.data_uuid, day)
     context.log.info(
         "dry run of range %s (%s): %d batches, %d rows, %d already acknowledged, %d problems%s; nothing sent",
         range_key, day, len(batches), sum(len(b.rows) for b in batches), acknowledged, sum(problems.values()),
         f"; a real run would be refused, {newer} is already delivered" if newer else "",
     )
-    return dg.AssetObservation(
-        asset_key=context.asset_key,
-        partition=context.partition_key,
-        metadata={
-            "dry_run": True,
-            "batches": len(batches),
-            "rows": sum(len(b.rows) for b in batches),
-            "batches_already_acknowledged": acknowledged,
-            "batches_to_send": len(batches) - acknowledged,
-            "problems": sum(problems.values()),
-            "problems_by_kind": dg.MetadataValue.json(dict(sorted(problems.items()))),
-            "day_batches_remaining": remaining,
-            "day_eta_at_cap_s": round(day_plan.duration_s, 1),
-            "refused_as_older_than": newer or "",
-        },
-    )
+    metadata = {
+        "dry_run": True,
+        "batches": len(batches),
+        "rows": sum(len(b.rows) for b in batches),
+        "batches_already_acknowledged": acknowledged,
+        "batches_to_send": len(batches) - acknowledged,
+        "problems": sum(problems.values()),
+        "problems_by_kind": dg.MetadataValue.json(dict(sorted(problems.items()))),
+        "day_batches_remaining": remaining,
+    }
+    if remaining:
+        day_plan = plan(batches=remaining, cap=cap, start=datetime.now(timezone.utc), deadline=deadline_for(day), measured_rate=cap)
+        metadata["day_eta_at_cap_s"] = round(day_plan.duration_s, 1)
+    if newer:
+        metadata["refused_as_older_than"] = newer
+    return dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=metadata)

@@ -5,6 +5,7 @@ and a crash leaves what was in flight visible as P."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -44,6 +45,20 @@ class LedgerEntry:
     result_code: str | None
     attempts: int
     data_key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch's whole ledger row, for the proof of delivery: times are epoch seconds."""
+
+    batch_no: int
+    content_hash: str
+    status: BatchStatus
+    trace_id: str | None
+    attempts: int
+    first_sent_at: float | None
+    last_sent_at: float | None
+    acked_at: float | None
 
 
 class Ledger:
@@ -94,6 +109,25 @@ class Ledger:
                 )
                 for r in conn.execute(query)
             }
+
+    def day_records(self, data_uuid: str, day: str, batches: range) -> Iterator[BatchRecord]:
+        """The day's rows of the given batch numbers, in batch order, read a chunk at a
+        time: a day can hold 250,000 rows."""
+        t = ledger_table
+        query = (
+            sa.select(
+                t.c.batch_no, t.c.content_hash, t.c.status, t.c.trace_id, t.c.attempts,
+                t.c.first_sent_at, t.c.last_sent_at, t.c.acked_at,
+            )
+            .where(t.c.data_uuid == data_uuid, t.c.day == day, t.c.batch_no >= batches.start, t.c.batch_no < batches.stop)
+            .order_by(t.c.batch_no)
+        )
+        with self._engine.connect() as conn:
+            for r in conn.execution_options(yield_per=10_000).execute(query):
+                yield BatchRecord(
+                    r.batch_no, r.content_hash, BatchStatus(r.status), r.trace_id, r.attempts,
+                    r.first_sent_at, r.last_sent_at, r.acked_at,
+                )
 
     def mark_sending(
         self, data_uuid: str, day: str, batch_no: int, content_hash: str, lease: RangeLease | None = None,
