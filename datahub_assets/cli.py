@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
@@ -110,20 +111,47 @@ def schema_main(argv: list[str] | None = None) -> None:
     print(json.dumps(load_contract(args.contract).partner_schema(), indent=2))
 
 
-# The runs' own logs stay in the instance, where the UI shows them; the terminal gets a
-# line per step.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def deliver_date(defs: dg.Definitions, instance: dg.DagsterInstance, contract: Contract, day: str, say=print) -> bool:  # noqa: ANN001
+@dataclass
+class DateDelivery:
+    """What `deliver_date` did for one business date of one dataset."""
+
+    rows: int = 0  # in the snapshot
+    batches_sent: int = 0
+    batches_already_delivered: int = 0  # acknowledged before, skipped
+    ranges_failed: list[str] = field(default_factory=list)
+    failed_stage: str = ""  # "prepare", "upload" or "proof": where it stopped
+    proof_path: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return not self.failed_stage
+
+
+def deliver_date(
+    defs: dg.Definitions, instance: dg.DagsterInstance, contract: Contract, day: str, say=print, console_log_level: str = "WARNING"  # noqa: ANN001
+) -> DateDelivery:
     """Deliver one business date of one dataset as the daily chain does, in this process
     and in order: the prepare job, the upload job for every batch range, then the proof
     job, each a run on `instance` tagged like any run of the chain. Ranges go one after
     another (the global limiter still holds the cap); a failed range does not stop the
-    others, but the proof needs them all. True once the date's proof is recorded."""
+    others, but the proof needs them all. A signal stops it (KeyboardInterrupt).
+
+    `say` gets a line per step. The runs' own logs are in the instance, where the UI
+    shows them; their console logger prints from `console_log_level` up (the terminal
+    of `datahub-deliver`: warnings only)."""
+    quiet = {"loggers": {"console": {"config": {"log_level": console_log_level}}}}
+
     def run(job_name: str, partition_key: str) -> dg.ExecuteInProcessResult:
         job = defs.resolve_job_def(job_name)
-        return job.execute_in_process(partition_key=partition_key, instance=instance, run_config=QUIET, raise_on_error=False)
+        result = job.execute_in_process(partition_key=partition_key, instance=instance, run_config=quiet, raise_on_error=False)
+        # Dagster turns a signal during a run into a failed step: stop here too.
+        for event in result.all_events:
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None and "Interrupt" in (error.cls_name or ""):
+                raise KeyboardInterrupt
+        return result
 
     def metadata(result: dg.ExecuteInProcessResult, stage: Stage) -> dict:
         (materialization,) = result.asset_materializations_for_node(asset_name(contract, stage))
@@ -133,39 +161,49 @@ def deliver_date(defs: dg.Definitions, instance: dg.DagsterInstance, contract: C
         failures = result.get_step_failure_events()
         return failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "see the run in the UI"
 
-    name = f"{contract.dataset} {day}"
+    name, outcome = f"{contract.dataset} {day}", DateDelivery()
     prepared = run(prepare_job_name(contract), day)
     if not prepared.success:
         say(f"{name}: extract and snapshot failed, nothing uploaded (run {prepared.run_id}): {why(prepared)}")
-        return False
+        outcome.failed_stage = "prepare"
+        return outcome
     snapshot = metadata(prepared, Stage.SNAPSHOT)
-    say(f"{name}: snapshot of {snapshot['dagster/row_count']} rows ({snapshot['rejected_rows']} quarantined)")
+    outcome.rows = snapshot["dagster/row_count"]
+    say(
+        f"{name}: snapshot of {outcome.rows:,} rows from {snapshot['source_rows']:,} source rows "
+        f"({snapshot['rejected_rows']:,} quarantined, {snapshot['duplicate_rows']:,} duplicates)"
+    )
 
     keys = range_keys(contract.batch_ranges)
-    sent = skipped = 0
-    failed = []
     for key in keys:
         uploaded = run(upload_job_name(contract), upload_partition_key(day, key))
         if not uploaded.success:
-            failed.append(key)
+            outcome.ranges_failed.append(key)
             say(f"{name}: range {key} failed (run {uploaded.run_id}): {why(uploaded)}")
             continue
         report = metadata(uploaded, Stage.UPLOADED)
-        sent, skipped = sent + report["batches_sent"], skipped + report["batches_skipped"]
-    say(f"{name}: {len(keys) - len(failed)} of {len(keys)} ranges uploaded: {sent} batches sent, {skipped} already delivered")
-    if failed:
-        say(f"{name}: not delivered, range {', '.join(failed)} failed; run this again, it sends only what is missing")
-        return False
+        outcome.batches_sent += report["batches_sent"]
+        outcome.batches_already_delivered += report["batches_skipped"]
+    say(
+        f"{name}: {len(keys) - len(outcome.ranges_failed)} of {len(keys)} ranges uploaded: "
+        f"{outcome.batches_sent} batches sent, {outcome.batches_already_delivered} already delivered"
+    )
+    if outcome.ranges_failed:
+        say(f"{name}: not delivered, range {', '.join(outcome.ranges_failed)} failed; run this again, it sends only what is missing")
+        outcome.failed_stage = "upload"
+        return outcome
 
     proved = run(proof_job_name(contract), day)
     if not proved.success:
         say(f"{name}: no proof of delivery (run {proved.run_id}): {why(proved)}")
-        return False
+        outcome.failed_stage = "proof"
+        return outcome
     proof = metadata(proved, Stage.DELIVERED)
+    outcome.proof_path = proof["proof_path"]
     slack_s = proof.get("slack_at_completion_s")  # none when the date had no batch to send
     when = "" if slack_s is None else f" {_fmt(abs(slack_s))} {'before' if slack_s >= 0 else 'after'} the 10:00 GMT+8 deadline"
-    say(f"{name}: delivered{when}; proof in {proof['proof_path']}")
-    return True
+    say(f"{name}: delivered{when}; proof in {outcome.proof_path}")
+    return outcome
 
 
 def deliver_main(argv: list[str] | None = None) -> None:
@@ -195,5 +233,5 @@ def deliver_main(argv: list[str] | None = None) -> None:
     from datahub_assets.definitions import build_definitions  # loads the contracts, as the code location does
 
     with dg.DagsterInstance.get() as instance:
-        delivered = deliver_date(build_definitions(args.contracts_dir), instance, contract, day)
-    raise SystemExit(0 if delivered else 1)
+        delivery = deliver_date(build_definitions(args.contracts_dir), instance, contract, day)
+    raise SystemExit(0 if delivery.delivered else 1)

@@ -26,6 +26,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datahub_assets.cli import DateDelivery
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UI_START_TIMEOUT_S = 180.0
@@ -134,83 +138,47 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 class DateOutcome:
     dataset: str
     day: str
-    rows: int = 0
-    batches_sent: int = 0
-    batches_already_delivered: int = 0
-    ranges_failed: int = 0
-    not_sent_because: str = ""
+    delivery: DateDelivery
+    not_sent_because: str = ""  # a newer date is delivered already
 
 
 def deliver(days: list[str], contracts: list, stack, out: Terminal) -> int:  # noqa: ANN001
-    """Each date of each contract, oldest first as the daily schedule would have: extract
-    and snapshot, then every range, in this process; a date older than one already
-    delivered is not sent (the partner keeps the last value per id)."""
+    """Each date of each contract, oldest first as the daily schedule would have, through
+    `datahub-deliver`'s chain (extract and snapshot, every range, the proof of delivery),
+    in this process; a date older than one already delivered is not sent (the partner
+    keeps the last value per id)."""
     import dagster as dg
 
-    from datahub_assets.definitions import build_dataset_assets
-    from datahub_assets.partitions import Stage, asset_name, range_keys, upload_partition_key
-    from datahub_assets.resources import build_resources
+    from datahub_assets.cli import DateDelivery, deliver_date
+    from datahub_assets.definitions import build_definitions
     from datahub_assets.upload.ledger import Ledger
     from datahub_assets.upload.outcome import BatchStatus
     from datahub_assets.upload.resources import create_delivery_engine
 
     started = time.monotonic()
-    resources = build_resources()
-    assets = {a.key.to_user_string(): a for a in build_dataset_assets(stack.contracts_dir)}
+    defs = build_definitions(stack.contracts_dir)
     engine = create_delivery_engine(stack.env["DATAHUB_DELIVERY_DB_URL"])
     outcomes: list[DateOutcome] = []
     try:
         with dg.DagsterInstance.get() as instance:
             for contract in contracts:
-                name, uploaded = contract.dataset, asset_name(contract, Stage.UPLOADED)
+                name = contract.dataset
                 for day in days:
-                    outcome = DateOutcome(name, day)
+                    outcome = DateOutcome(name, day, DateDelivery())
                     outcomes.append(outcome)
                     ledger = Ledger(engine)
                     newer = ledger.newer_delivered_day(contract.data_uuid, day)
                     if newer is not None:
                         acknowledged = ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
-                        outcome.batches_already_delivered = acknowledged
+                        outcome.delivery.batches_already_delivered = acknowledged
                         if acknowledged:
                             out.line(f"{name} {day}: {acknowledged} batches already delivered (not sent again after {newer})")
                         else:
                             outcome.not_sent_because = f"{newer} is already delivered"
                             out.line(f"{name} {day}: not sent, {newer} is already delivered and an older date would overwrite it")
                         continue
-                    prepared = dg.materialize(
-                        [assets[asset_name(contract, Stage.EXTRACT)], assets[asset_name(contract, Stage.SNAPSHOT)]],
-                        partition_key=day, resources=resources, instance=instance, raise_on_error=False,
-                    )
-                    _stop_if_interrupted(prepared)
-                    if not prepared.success:
-                        outcome.not_sent_because = "extract/snapshot failed"
-                        out.line(f"{name} {day}: extract/snapshot failed (see {_shown(out.log_path)}, or the UI: scripts/demo.sh --ui)")
-                        continue
-                    snap = {k: v.value for k, v in prepared.asset_materializations_for_node(asset_name(contract, Stage.SNAPSHOT))[0].metadata.items()}
-                    outcome.rows = snap["dagster/row_count"]
-                    out.line(
-                        f"{name} {day}: extract + snapshot: {snap['source_rows']:,} source rows -> {outcome.rows:,}, "
-                        f"{snap['rejected_rows']:,} quarantined, {snap['duplicate_rows']:,} duplicates"
-                    )
-                    keys = range_keys(contract.batch_ranges)
-                    range_started = time.monotonic()
-                    for done, key in enumerate(keys, start=1):
-                        result = dg.materialize(
-                            [assets[uploaded]], partition_key=upload_partition_key(day, key),
-                            resources=resources, instance=instance, raise_on_error=False,
-                        )
-                        _stop_if_interrupted(result)
-                        mats = result.asset_materializations_for_node(uploaded)
-                        if mats:
-                            outcome.batches_sent += mats[0].metadata["batches_sent"].value
-                            outcome.batches_already_delivered += mats[0].metadata["batches_skipped"].value
-                        else:
-                            outcome.ranges_failed += 1
-                        out.progress(f"{name} {day}: upload: range {done}/{len(keys)}, {_sent(outcome)}")
-                    out.line(
-                        f"{name} {day}: upload: {len(keys)} ranges, {_sent(outcome)}, {outcome.ranges_failed} ranges failed "
-                        f"({time.monotonic() - range_started:.0f} s)"
-                    )
+                    # Dagster's own lines (DEBUG up) go where the demo sends its output: the log.
+                    outcome.delivery = deliver_date(defs, instance, contract, day, say=out.line, console_log_level="DEBUG")
     finally:
         engine.dispose()
 
@@ -218,9 +186,9 @@ def deliver(days: list[str], contracts: list, stack, out: Terminal) -> int:  # n
     out.line(f"summary, business dates {days[0]}..{days[-1]}:")
     for contract in contracts:
         mine = [o for o in outcomes if o.dataset == contract.dataset]
-        sent = sum(o.batches_sent for o in mine)
-        already = sum(o.batches_already_delivered for o in mine)
-        failed = sum(o.ranges_failed for o in mine)
+        sent = sum(o.delivery.batches_sent for o in mine)
+        already = sum(o.delivery.batches_already_delivered for o in mine)
+        failed = sum(len(o.delivery.ranges_failed) for o in mine)
         not_sent = [o.day for o in mine if o.not_sent_because]
         out.line(
             f"  {contract.dataset}: {sent} batches sent, {already} already delivered, {failed} ranges failed"
@@ -228,24 +196,12 @@ def deliver(days: list[str], contracts: list, stack, out: Terminal) -> int:  # n
             + f"; the endpoint holds {stats['rows_stored'].get(contract.data_uuid, 0):,} rows (one per id)"
         )
     out.line(f"  endpoint: at most {stats['max_admitted_per_sliding_second']} requests in any second (cap {stats['cap']})")
-    failures = sum(o.ranges_failed for o in outcomes) + sum(o.not_sent_because == "extract/snapshot failed" for o in outcomes)
+    failures = sum(not o.not_sent_because and not o.delivery.delivered for o in outcomes)
     out.line(
         f"{'done' if not failures else 'done with failures'} in {time.monotonic() - started:.0f} s; "
         f"Dagster's log: {_shown(out.log_path)}; the UI on this stack: scripts/demo.sh --ui"
     )
     return 1 if failures else 0
-
-
-def _sent(outcome: DateOutcome) -> str:
-    return f"{outcome.batches_sent} batches sent, {outcome.batches_already_delivered} already delivered"
-
-
-def _stop_if_interrupted(result) -> None:  # noqa: ANN001 - an ExecuteInProcessResult
-    """Dagster turns a signal during a run into a failed step: stop the demo there too."""
-    for event in result.all_events:
-        error = getattr(event.event_specific_data, "error", None)
-        if error is not None and "Interrupt" in (error.cls_name or ""):
-            raise KeyboardInterrupt
 
 
 # --- the UI -------------------------------------------------------------------------------

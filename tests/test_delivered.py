@@ -167,7 +167,7 @@ def test_datahub_deliver_delivers_one_date_and_a_rerun_sends_only_what_failed(
 
     assert refused.returncode == 1, refused.stdout + refused.stderr
     prepared, failed, uploaded, verdict = refused.stdout.splitlines()  # a line per step
-    assert prepared == f"user_profile {DAY}: snapshot of 250 rows (0 quarantined)"
+    assert prepared == f"user_profile {DAY}: snapshot of 250 rows from 250 source rows (0 quarantined, 0 duplicates)"
     assert failed.startswith(f"user_profile {DAY}: range 0 failed (run ") and "PARAM_ILLEGAL" in failed
     assert uploaded == f"user_profile {DAY}: 1 of 2 ranges uploaded: 2 batches sent, 0 already delivered"
     assert verdict == f"user_profile {DAY}: not delivered, range 0 failed; run this again, it sends only what is missing"
