@@ -1,9 +1,9 @@
 """The platform as its users see it: the real Dagster webserver in headless Chromium.
 
 One module-wide setup (tests/ui_fixtures.py): the local stack on a copy of the demo
-contract cut into 3 ranges, the business date's (yesterday in GMT+8) 2,000-row source
-with its extract and snapshot materialized, the webserver, a browser; the daemon and three
-earlier delivered dates for the tests that need them. Then: the lineage is drawn; one
+contract cut into 3 ranges, the three dates before the business date delivered, the
+business date's (yesterday in GMT+8) 2,000-row source with its extract and snapshot
+materialized, the webserver, a browser; the daemon for the test that needs it. Then: the lineage is drawn; one
 (date, range) partition of user_profile_uploaded is materialized from the UI and another
 through the GraphQL API, and both arrive at the local endpoint; the proof of delivery's
 plots show one point per delivered date; the README's one action in the UI delivers a
@@ -20,13 +20,11 @@ import dagster as dg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 from ui_fixtures import (  # noqa: F401  (fixtures)
-    PLOTTED_ROWS,
     Daemon,
     PreparedDay,
     Webserver,
     browser_context,
     daemon,
-    delivered_dates,
     page,
     prepared_day,
     runs_with_tags,
@@ -259,12 +257,11 @@ def proved_dates(day: PreparedDay) -> list[str]:
         return sorted(instance.get_materialized_partitions(dg.AssetKey("user_profile_delivered")))
 
 
-def test_the_proofs_plots_show_a_point_per_delivered_date(
-    prepared_day: PreparedDay, delivered_dates: list[str], webserver: Webserver, page  # noqa: ANN001
-):
+def test_the_proofs_plots_show_a_point_per_delivered_date(prepared_day: PreparedDay, webserver: Webserver, page):  # noqa: ANN001
     proved = proved_dates(prepared_day)
-    # The three dates delivered for this test, and the business date if the backfill test ran first.
-    assert set(delivered_dates) <= set(proved) <= {*delivered_dates, prepared_day.day}
+    # The three earlier dates, and the business date if the backfill test ran first.
+    delivered = prepared_day.earlier_days
+    assert len(delivered) == 3 and set(delivered) <= set(proved) <= {*delivered, prepared_day.day}
     page.add_init_script(CANVAS_RECORDER)
     page.goto(f"{webserver.url}/assets/user_profile_delivered")
     page.get_by_role("button", name="Plots").click()  # the metadata plotted by partition: by date
@@ -286,8 +283,9 @@ def test_the_proofs_plots_show_a_point_per_delivered_date(
         # over each proved date, one each, and none over a date without a proof.
         assert dates_along_x(drawing) == [*prepared_day.earlier_days, prepared_day.day], (key, drawing)
         assert dates_with_a_point(drawing) == proved, (key, drawing)
-    # Each point is its own date's value: the rows rise from date to date (PLOTTED_ROWS,
-    # then the business date's 2,000), so left to right the points climb (y grows downward).
+    # Each point is its own date's value: the rows rise from date to date (ui_fixtures'
+    # EARLIER_ROWS, then the business date's ROWS), so left to right the points climb
+    # (y grows downward).
     points = sorted(drawings["rows_expected"]["points"])
     heights = [y for _, y in points]
     assert heights == sorted(heights, reverse=True) and len(set(heights)) == len(heights), points

@@ -1,5 +1,6 @@
-"""Fixtures for the browser test: the local stack with one prepared day, the real
-Dagster webserver and daemon on it, and headless Debian Chromium driven by Playwright.
+"""Fixtures for the browser test: the local stack with three dates delivered and one
+prepared, the real Dagster webserver and daemon on it, and headless Debian Chromium
+driven by Playwright.
 
 Nothing is faked: the endpoint, the stand-in SDK (in the run workers' JVMs), the
 webserver, the daemon, their code servers and run workers are the same processes
@@ -28,18 +29,17 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from datahub_assets.automation.daily import prepare_job_name
 from datahub_assets.cli import deliver_date
 from datahub_assets.contract import Contract, load_contract
-from datahub_assets.definitions import build_dataset_assets, build_definitions
+from datahub_assets.definitions import build_definitions
 from datahub_assets.partitions import batch_count, batch_slice, business_date, previous_date, range_keys
-from datahub_assets.resources import build_resources
 from datahub_dev.stack import LocalStack, copy_contracts, start_local_stack, write_code_location
 from datahub_dev.synthetic import generate, write_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS_DIR = REPO_ROOT / "datahub_assets" / "contracts"
 RANGES = 3  # batch ranges of a date in the UI's contract copy: a whole date is 5 runs
-EARLIER_DAYS = 3  # dates of the copy before the prepared day (its partitions start there)
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 # As the machine's own probe starts Chromium: without the background-networking flags
@@ -56,6 +56,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ROWS = 2_000  # 20 batches, 6 or 7 a range: each upload run is short
+# Rows of each earlier date, oldest first: rising to ROWS, so each date's plotted values
+# differ, and by less than the contract's max_row_count_change from day to day.
+EARLIER_ROWS = [1_400, 1_600, 1_800]
+EARLIER_DAYS = len(EARLIER_ROWS)  # the copy's partitions start there
 UI_TIMEOUT_MS = 30_000
 RUN_TIMEOUT_S = 90
 
@@ -119,9 +123,15 @@ def copy_contract_with_ranges(contracts_dir: Path, start_date: str) -> None:
 
 @pytest.fixture(scope="module")
 def prepared_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreparedDay]:
-    """The local stack, a 2,000-row source for the business date (yesterday in GMT+8),
-    and that day's extract and snapshot materialized in the stack's instance, as the demo
-    (datahub_dev/demo.py) does."""
+    """The local stack; the dates before the business date delivered whole, oldest first,
+    as the days before would have delivered them; then a 2,000-row source for the business
+    date (yesterday in GMT+8) and its extract and snapshot materialized in the stack's
+    instance, as the demo (datahub_dev/demo.py) does.
+
+    The earlier dates go by datahub-deliver's own function, in this process: extract,
+    snapshot, every range and the proof, as runs on the webserver's instance. They come
+    first because an older date is never sent after a newer one (the uploaded asset
+    refuses it), and they are small, so this is quick."""
     root = (tmp_path_factory.mktemp("ui") / "stack").resolve()
     day = business_date()
     copy_contract_with_ranges(root / "contracts", start_date=dates_before(day)[0])
@@ -129,19 +139,21 @@ def prepared_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreparedD
     try:
         workspace = write_code_location(root, stack.contracts_dir)
         Path(stack.env["DAGSTER_HOME"], "dagster.yaml").write_text(DAGSTER_YAML)
-        write_table(generate(ROWS, day), stack.env["DATAHUB_SOURCE_DB_URL"])
+        source_url = stack.env["DATAHUB_SOURCE_DB_URL"]
         with pytest.MonkeyPatch.context() as mp:
             for key, value in stack.env.items():
                 mp.setenv(key, value)  # the resources' EnvVars, and DAGSTER_HOME
-            assets = {a.key.to_user_string(): a for a in build_dataset_assets(stack.contracts_dir)}
+            definitions = build_definitions(stack.contracts_dir)
+            contract = load_contract(stack.contracts_dir / "user_profile.yaml")
             with dg.DagsterInstance.get() as instance:
-                result = dg.materialize(
-                    [assets["user_profile_extract"], assets["user_profile_snapshot"]],
-                    partition_key=day,
-                    resources=build_resources(),
-                    instance=instance,
+                for earlier_day, rows in zip(dates_before(day), EARLIER_ROWS, strict=True):
+                    write_table(generate(rows, earlier_day), source_url)
+                    said: list[str] = []
+                    assert deliver_date(definitions, instance, contract, earlier_day, say=said.append), said
+                write_table(generate(ROWS, day), source_url)
+                result = definitions.resolve_job_def(prepare_job_name(contract)).execute_in_process(
+                    partition_key=day, instance=instance
                 )
-        assert result.success
         (snapshot,) = result.asset_materializations_for_node("user_profile_snapshot")
         rows = snapshot.metadata["dagster/row_count"].value
         assert rows == ROWS  # the generator made no broken rows and no duplicates
@@ -323,27 +335,6 @@ def stop_group(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-PLOTTED_ROWS = [300, 400, 500]  # per earlier date, oldest first: each date's values differ
-
-
-@pytest.fixture(scope="module")
-def delivered_dates(prepared_day: PreparedDay) -> list[str]:
-    """The dates before the prepared day, each delivered whole, in this process, by
-    datahub-deliver's own function: extract, snapshot, every range and the proof, as
-    runs on the webserver's instance. Small dates, so this is quick."""
-    days = prepared_day.earlier_days
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in prepared_day.env.items():
-            mp.setenv(key, value)
-        definitions = build_definitions(prepared_day.stack.contracts_dir)
-        with dg.DagsterInstance.get() as instance:
-            for day, rows in zip(days, PLOTTED_ROWS, strict=True):
-                write_table(generate(rows, day), prepared_day.env["DATAHUB_SOURCE_DB_URL"])
-                said: list[str] = []
-                assert deliver_date(definitions, instance, prepared_day.contract, day, say=said.append), said
-    return days
 
 
 @pytest.fixture(scope="module")
