@@ -326,7 +326,7 @@ def daemon(prepared_day: PreparedDay, webserver: Webserver) -> Iterator[Daemon]:
 
 
 def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process's own session group, then SIGKILL to what is left of it."""
+    """SIGTERM to the process's session group; SIGKILL to the group if its leader is still there after 30 s."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
