@@ -265,8 +265,9 @@ def warm_up_crypto(batches: int = WARM_UP_BATCHES) -> None:
     request leaves. In a new JVM that code is interpreted until the JIT has compiled it,
     and the first calls leave 100-250 ms after their slot, long enough to arrive among
     the next second's requests and push it over the partner's cap. Compiled here, outside
-    any slot, the first real calls leave as promptly as the later ones. Nothing here
-    touches the SDK, its keys or any row. Once per process: the JVM is the process's.
+    any slot, the first real calls leave far closer to their slots (measured in
+    docs/performance.md). Nothing here touches the SDK, its keys or any row, so it holds
+    for any SDK jar. Once per process: the JVM is the process's.
     """
     if _crypto_warmed.is_set():
         return
