@@ -231,7 +231,10 @@ def test_each_code_location_holds_its_parts_assets_and_resources_only():
     assert set(prepare.resources) == set(PART_RESOURCES["prepare"])
     assert set(deliver.resources) == set(PART_RESOURCES["deliver"])
     keys = {name: {a.key.to_user_string() for a in d.assets} for name, d in (("prepare", prepare), ("deliver", deliver))}
-    assert keys == {"prepare": {"user_profile_extract", "user_profile_snapshot"}, "deliver": {"user_profile_uploaded"}}
+    assert keys == {
+        "prepare": {"user_profile_extract", "user_profile_snapshot"},
+        "deliver": {"user_profile_uploaded", "user_profile_delivered"},  # the proof reads the ledger
+    }
     assert not deliver.schedules and not prepare.sensors and deliver.sensors
 
 
