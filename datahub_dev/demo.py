@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +209,7 @@ def deliver(days: list[str], contracts: list, stack, out: Terminal) -> int:  # n
 def serve_ui(var: Path, contracts_dir: Path, port: int, out: Terminal, stops: list[Callable[[], None]]) -> int:
     """`dagster dev` (webserver and daemon) on the stack, in its own process group, so
     that stopping the demo stops all of it and every run it started."""
-    from datahub_dev.stack import write_code_location
+    from datahub_dev.stack import answers, write_code_location
 
     workspace = write_code_location(var, contracts_dir)
     log_path = var / "dagster-dev.log"
@@ -223,21 +222,13 @@ def serve_ui(var: Path, contracts_dir: Path, port: int, out: Terminal, stops: li
     url = f"http://127.0.0.1:{port}"
     out.line(f"UI: starting on {url} (its log: {_shown(log_path)})")
     deadline = time.monotonic() + UI_START_TIMEOUT_S
-    while not _answers(f"{url}/server_info"):
+    while not answers(f"{url}/server_info"):
         if ui.poll() is not None or time.monotonic() > deadline:
             out.line(f"UI: did not start (see {_shown(log_path)})")
             return 1
         time.sleep(0.5)
     out.line(f"UI: {url} is up; materialize a date there. Ctrl-C stops the UI, its daemon and the endpoint")
     return ui.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def stop_process_group(process: subprocess.Popen) -> None:

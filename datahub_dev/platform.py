@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ from datahub_assets.upload.lease import lease_table
 from datahub_assets.upload.ledger import Ledger, LedgerEntry, ledger_table
 from datahub_assets.upload.resources import create_delivery_engine
 from datahub_dev.scratch_db import scratch_database
-from datahub_dev.stack import REPO_ROOT, LocalStack, start_local_stack
+from datahub_dev.stack import REPO_ROOT, LocalStack, answers, start_local_stack
 from datahub_dev.synthetic import generate, write_table
 
 PRODUCTION_INSTANCE_YAML = REPO_ROOT / "dagster.yaml"
@@ -241,7 +240,7 @@ class Platform:
             "webserver",
             [str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(self.webserver_port)],
         )
-        _wait_for(lambda: _answers(f"http://127.0.0.1:{self.webserver_port}/server_info"), 120, "the webserver")
+        _wait_for(lambda: answers(f"http://127.0.0.1:{self.webserver_port}/server_info"), 120, "the webserver")
 
     def _start_process(self, name: str, command: list[str]) -> None:
         with open(self.root / f"{name}.log", "ab") as log:
@@ -465,14 +464,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2) -> None:  # noqa: ANN001

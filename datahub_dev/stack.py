@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,3 +124,12 @@ def start_local_stack(
     stack = LocalStack(root=root, endpoint=endpoint, contracts_dir=contracts_dir)
     register_keys(endpoint.url, stack.keys_path, sorted(contracts_dir.glob("*.yaml")))
     return stack
+
+
+def answers(url: str) -> bool:
+    """Whether something serves `url` (a local web server that is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
