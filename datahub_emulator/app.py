@@ -148,12 +148,18 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
         data_uuid, batches = admin.parse_receipts(await _json(request))
         return JSONResponse({"batches": service().store.receipts_by_batch(data_uuid, batches)})
 
-    async def reset(_: Request) -> Response:
-        await on_service(service().reset)
-        # Answers still held by injected latency go out now: a reset starts afresh.
+    def release_held_answers() -> None:
         holder["release"].set()
         holder["release"] = asyncio.Event()
+
+    async def reset(_: Request) -> Response:
+        await on_service(service().reset)
+        release_held_answers()  # a reset starts afresh
         return JSONResponse({"reset": True})
+
+    async def release(_: Request) -> Response:
+        release_held_answers()
+        return JSONResponse({"released": True})
 
     async def healthz(_: Request) -> Response:
         # The pid lets the process that started this endpoint tell it from another server.
@@ -172,6 +178,7 @@ def create_app(db_path: Path, faults: FaultConfig, access: AdminAccess) -> ASGIA
         Route("/admin/reconcile", _admin(reconcile), methods=["POST"]),
         Route("/admin/receipts", _admin(receipts), methods=["POST"]),
         Route("/admin/reset", _admin(reset), methods=["POST"]),
+        Route("/admin/release", _admin(release), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     limits = {UPLOAD_PATH: MAX_UPLOAD_BYTES, "/admin/reconcile": MAX_RECONCILE_BYTES, "/admin/receipts": MAX_RECONCILE_BYTES}

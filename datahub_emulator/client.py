@@ -69,6 +69,10 @@ class AdminClient:
     def reset(self) -> dict[str, Any]:
         return self._call("POST", "/admin/reset", {})
 
+    def release(self) -> dict[str, Any]:
+        """Send now every answer that injected latency still holds back."""
+        return self._call("POST", "/admin/release", {})
+
     def revoke(self, institution_id: str, data_uuid: str) -> dict[str, Any]:
         payload = {"institutionId": institution_id, "dataUuid": data_uuid}
         return self._call("POST", "/admin/revoke", payload)

@@ -135,8 +135,8 @@ def test_a_second_uploader_of_a_range_in_flight_fails_naming_its_holder_and_noth
     write_table(generate(3_000, DAY, seed=2), day.source_url)
     day.prepare()
     # The first uploader, a run worker of its own, holds the range while the second one
-    # starts: its second request is answered only after 25 s, however fast the rest go.
-    datahub_endpoint.faults(latency_ms={"median": 300, "jitter": 0}, scripted=[{"request": 2, "latency_ms": 25_000}])
+    # tries: its second request is answered only once the second uploader has failed.
+    datahub_endpoint.faults(latency_ms={"median": 300, "jitter": 0}, scripted=[{"request": 2, "latency_ms": 600_000}])
     env = {**os.environ, **day.env()}
     env.pop("DAGSTER_HOME", None)
     first = subprocess.Popen(
@@ -146,6 +146,7 @@ def test_a_second_uploader_of_a_range_in_flight_fails_naming_its_holder_and_noth
     # A bound, not a timing: a loaded machine takes long to start a worker and its JVM.
     wait_until(lambda: len(day.ledger()) >= 2, timeout_s=180, what="the first uploader's second batch")
     second = day.upload_range("0", {"lease_wait_s": 0}, raise_on_error=False)
+    datahub_endpoint.release()
     output, _ = first.communicate(timeout=300)
 
     assert first.returncode == 0, output.decode()[-3000:]

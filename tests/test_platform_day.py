@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from support import CONTRACT, DAY, Day, is_bad
+from support import CONTRACT, DAY, Day, is_bad, write_contract
 
 from datahub_dev.synthetic import generate, write_table
 from datahub_assets.snapshot.conform import REASON
@@ -15,10 +15,14 @@ from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.resources import create_delivery_engine
 
 
+RANGES = 4  # the demo contract's 32 would make each pass 32 runs, and test nothing more
+
+
 @pytest.fixture
 def day(tmp_path, sdk_jar, keys_file, delivery_url) -> Day:  # noqa: ANN001
+    contracts = write_contract(tmp_path / "contracts", batch_ranges=RANGES)
     with dg.instance_for_test() as instance:
-        yield Day(tmp_path, sdk_jar, keys_file, delivery_url, instance)
+        yield Day(tmp_path, sdk_jar, keys_file, delivery_url, instance, contracts)
 
 
 def test_a_whole_day_delivers_exactly_the_good_rows(day, datahub_endpoint):
@@ -31,6 +35,7 @@ def test_a_whole_day_delivers_exactly_the_good_rows(day, datahub_endpoint):
     day.prepare()
     uploads = day.upload_all()
 
+    assert len(uploads) == RANGES
     assert sum(m["batches_sent"] for m in uploads) == -(-len(good_ids) // 100)
     assert sum(m["rows_sent"] for m in uploads) == len(good_ids)
     reconciliation = datahub_endpoint.reconcile(CONTRACT.data_uuid, good_ids)

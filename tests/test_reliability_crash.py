@@ -42,6 +42,9 @@ ROWS = 4_000  # 40 batches: about 2 s at the cap
 TRIALS = 5
 SEED = int(os.environ.get("RELIABILITY_SEED", time.time_ns() % 2**31))
 LATENCY = {"median": 300, "jitter": 100}  # ms: with 8 threads, several batches in flight
+# The rerun waits for the killed worker's lease to expire (nothing renews it): shorter
+# than the 30 s default, so that the wait does not dominate each trial.
+LEASE_TTL_S = 10.0
 
 
 @dataclass
@@ -125,7 +128,7 @@ def test_sigkill_at_a_random_point_loses_nothing_and_resends_only_what_was_in_fl
         log = (tmp_path / "worker.log").open("wb")
         worker = subprocess.Popen(
             [sys.executable, str(WORKER), str(crash_stack.contracts_dir), crash_stack.day, "--ranges", "0",
-             "--config", json.dumps({"progress_every_s": 1.0})],
+             "--config", json.dumps({"progress_every_s": 1.0, "lease_ttl_s": LEASE_TTL_S})],
             env={**os.environ, **day.env(), "DAGSTER_HOME": str(home)},
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -292,21 +292,23 @@ class Daemon:
 
 
 DAEMON_START_TIMEOUT_S = 120
+FAST_DAEMON = Path(__file__).with_name("fast_daemon.py")
 BACKFILL_DAEMON_HEALTH = '{ instance { daemonHealth { daemonStatus(daemonType: "BACKFILL") { healthy } } } }'
 
 
 @pytest.fixture(scope="module")
 def daemon(prepared_day: PreparedDay, webserver: Webserver) -> Iterator[Daemon]:
     """`dagster-daemon run` on the webserver's code location and instance, started as
-    datahub_dev/platform.py starts it: the UI's backfills are launched by its backfill
-    daemon, and it runs the sensors as in production. In its own session, so that its
+    datahub_dev/platform.py starts it, but with 2 s backfill cycles (tests/fast_daemon.py):
+    the UI's backfills are launched by its backfill daemon, and it runs the sensors as in
+    production. In its own session, so that its
     code server stops with it. Ready once the webserver reports the backfill daemon
     healthy (the UI warns about backfills otherwise)."""
     root = Path(prepared_day.env["DAGSTER_HOME"]).parent
     log_path = root / "daemon.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(prepared_day.workspace)],
+            [sys.executable, str(FAST_DAEMON), "run", "-w", str(prepared_day.workspace)],
             cwd=root,  # not the repo root, for the same reason as the webserver
             env={**os.environ, **prepared_day.env},
             stdout=log,
