@@ -301,9 +301,9 @@ def daemon(prepared_day: PreparedDay, webserver: Webserver) -> Iterator[Daemon]:
     """`dagster-daemon run` on the webserver's code location and instance, started as
     datahub_dev/platform.py starts it, but with 2 s backfill cycles (tests/fast_daemon.py):
     the UI's backfills are launched by its backfill daemon, and it runs the sensors as in
-    production. In its own session, so that its
-    code server stops with it. Ready once the webserver reports the backfill daemon
-    healthy (the UI warns about backfills otherwise)."""
+    production. In its own session, so that its code server stops with it. Ready once
+    the webserver reports the backfill daemon healthy (the UI warns about backfills
+    otherwise)."""
     root = Path(prepared_day.env["DAGSTER_HOME"]).parent
     log_path = root / "daemon.log"
     with log_path.open("wb") as log:
