@@ -111,8 +111,6 @@ def schema_main(argv: list[str] | None = None) -> None:
     print(json.dumps(load_contract(args.contract).partner_schema(), indent=2))
 
 
-
-
 @dataclass
 class DateDelivery:
     """What `deliver_date` did for one business date of one dataset."""
