@@ -53,9 +53,14 @@ PART_RESOURCES: dict[Part, tuple[str, ...]] = {
 }
 
 
-def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[Part, ...] = ("prepare", "deliver")) -> dg.Definitions:
+def build_definitions(
+    contracts_dir: Path = DEFAULT_CONTRACTS_DIR,
+    parts: tuple[Part, ...] = ("prepare", "deliver"),
+    **resources: dg.ConfigurableResource,
+) -> dg.Definitions:
     """The definitions of the given parts: extract, snapshot, their job and schedule
-    (`prepare`); uploaded, delivered and its checks, their jobs and the sensors (`deliver`)."""
+    (`prepare`); uploaded, delivered and its checks, their jobs and the sensors (`deliver`).
+    `resources` replace the ones configured from the environment (build_resources)."""
     contracts = load_contracts(contracts_dir)
     assets = build_dataset_assets(contracts_dir)
     prepared = {asset_key(c, stage) for c in contracts for stage in (Stage.EXTRACT, Stage.SNAPSHOT)}
@@ -79,7 +84,6 @@ def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[
             build_dead_run_sensor(contracts),
             build_proof_sensor([asset_key(c, Stage.DELIVERED) for c in contracts]),
         ]
-    resources = build_resources()
     used = {key for part in parts for key in PART_RESOURCES[part]}
     return dg.Definitions(
         assets=kept,
@@ -87,7 +91,7 @@ def build_definitions(contracts_dir: Path = DEFAULT_CONTRACTS_DIR, parts: tuple[
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,
-        resources={key: resource for key, resource in resources.items() if key in used},
+        resources={key: resource for key, resource in build_resources(**resources).items() if key in used},
     )
 
 

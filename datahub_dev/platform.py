@@ -57,9 +57,11 @@ from datahub_assets.resources import build_resources
 from datahub_assets.upload.lease import lease_table
 from datahub_assets.upload.ledger import Ledger, LedgerEntry, ledger_table
 from datahub_assets.upload.resources import create_delivery_engine
+from datahub_dev.machines import Machine, simulated_machines
 from datahub_dev.scratch_db import scratch_database
 from datahub_dev.stack import REPO_ROOT, LocalStack, answers, start_local_stack
 from datahub_dev.synthetic import generate, write_table
+from datahub_emulator.toolkit import read_properties, write_properties
 
 PRODUCTION_INSTANCE_YAML = REPO_ROOT / "dagster.yaml"
 LOCATION = "datahub_platform"
@@ -74,13 +76,20 @@ UNFINISHED = [
 ]
 _HOLDER_PID = re.compile(r"\(pid (\d+) on ")
 
-# The code location: the platform's own definitions over this folder's contracts.
+# The code location: the platform's own definitions over this folder's contracts, with
+# the limiter's cap.
 _DEFINITIONS_PY = '''"""The platform's definitions over the contracts next to this file (written by datahub_dev.platform)."""
 from pathlib import Path
 
-from datahub_assets.definitions import build_definitions
+import dagster as dg
 
-defs = build_definitions(Path(__file__).parent / "contracts")
+from datahub_assets.definitions import build_definitions
+from datahub_assets.upload.resources import DeliveryDatabase
+
+defs = build_definitions(
+    Path(__file__).parent / "contracts",
+    delivery_db=DeliveryDatabase(url=dg.EnvVar("DATAHUB_DELIVERY_DB_URL"), cap_per_second={cap}),
+)
 '''
 
 
@@ -98,6 +107,11 @@ class PlatformSpec:
     upload_pool: int = 4  # upload runs at once (the `datahub_upload` pool)
     webhook_url: str = ""  # where alerts go (empty: nowhere)
     seed: int = 7
+    # A PostgreSQL source holding the days' rows already. The days are then prepared by
+    # their own runs (the schedule's), not in this process.
+    source_url: str | None = None
+    limiter_cap: float | None = None  # the limiter's cap in batches/s (None: the endpoint's cap, or 20)
+    machines: int = 0  # simulated machines the upload runs start in (datahub_dev.machines); 0: this host
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,7 @@ class Platform:
         self.instance: dg.DagsterInstance | None = None
         self.delivery_engine: sa.Engine | None = None
         self.webserver_port = 0
+        self.machines: list[Machine] = []
 
     # --- setting up and tearing down ----------------------------------------------------
 
@@ -139,7 +154,11 @@ class Platform:
         storage_url = self._exit.enter_context(scratch_database("datahub_platform_dagster"))
         delivery_url = self._exit.enter_context(scratch_database("datahub_platform_delivery"))
         self._write_contracts()
-        self.stack = start_local_stack(self.root, cap=self.spec.cap, contracts_dir=self.contracts_dir)
+        self.machines = self._exit.enter_context(simulated_machines(self.spec.machines, self.root)) if self.spec.machines else []
+        self.stack = start_local_stack(
+            self.root, cap=self.spec.cap, contracts_dir=self.contracts_dir,
+            https_hosts=tuple(m.host_address for m in self.machines),
+        )  # fmt: skip
         self._exit.callback(self.stack.endpoint.stop)
         self.env = self._environment(storage_url, delivery_url)
         os.environ.update(self.env)  # this process reads the same instance and resources
@@ -147,7 +166,8 @@ class Platform:
         self.instance = self._exit.enter_context(dg.DagsterInstance.from_config(str(self.home)))
         self.delivery_engine = create_delivery_engine(delivery_url)
         self._exit.callback(self.delivery_engine.dispose)
-        self._prepare_day()
+        if self.spec.source_url is None:
+            self._prepare_day()
         self._start_services()
         return self
 
@@ -155,6 +175,10 @@ class Platform:
         for name in list(self._processes):
             self._stop_process(name)
         self._exit.close()
+
+    @property
+    def limiter_cap(self) -> float:
+        return self.spec.limiter_cap or self.spec.cap or 20.0
 
     @property
     def home(self) -> Path:
@@ -179,7 +203,7 @@ class Platform:
             raw = yaml.safe_load(Path(path).read_text())
             raw["batch_ranges"] = self.spec.ranges
             (self.contracts_dir / Path(path).name).write_text(yaml.safe_dump(raw, sort_keys=False))
-        (self.root / "definitions.py").write_text(_DEFINITIONS_PY)
+        (self.root / "definitions.py").write_text(_DEFINITIONS_PY.format(cap=float(self.limiter_cap)))
         workspace = {"load_from": [{"python_file": {"relative_path": "definitions.py", "location_name": LOCATION}}]}
         (self.root / "workspace.yaml").write_text(yaml.safe_dump(workspace))
 
@@ -196,12 +220,40 @@ class Platform:
             "DATAHUB_DELIVERY_DB_URL": delivery_url,
             "DATAHUB_ALERT_WEBHOOK_URL": self.spec.webhook_url,
         }
+        if self.spec.source_url is not None:
+            env["DATAHUB_SOURCE_DB_URL"] = self.spec.source_url
+        if self.machines:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
         return env
+
+    def _machine_environment(self, machine: Machine) -> dict[str, str]:
+        """What changes for a run in `machine`: every service at the host's address on
+        its veth, and keys naming the endpoint there."""
+        assert self.stack is not None
+        keys = read_properties(self.stack.keys_path)
+        endpoint = keys["endpoint"].replace("127.0.0.1", machine.host_address)
+        machine_keys = self.root / "keys" / f"{machine.namespace}.properties"
+        write_properties(machine_keys, {**keys, "endpoint": endpoint})
+        delivery = sa.make_url(self.env["DATAHUB_DELIVERY_DB_URL"]).set(host=machine.host_address)
+        return {
+            "DAGSTER_PG_HOST": machine.host_address,
+            "DATAHUB_DELIVERY_DB_URL": delivery.render_as_string(hide_password=False),
+            "DATAHUB_KEYS_PATH": str(machine_keys),
+        }
 
     def _write_instance(self) -> None:
         """The production instance configuration, with this platform's pool size."""
         config = yaml.safe_load(PRODUCTION_INSTANCE_YAML.read_text())
         config["concurrency"]["pools"]["default_limit"] = self.spec.upload_pool
+        if self.machines:
+            config["run_launcher"] = {
+                "module": "datahub_dev.machines",
+                "class": "NamespaceRunLauncher",
+                "config": {
+                    "log_dir": str(self.root),
+                    "machines": [{"namespace": m.namespace, "env": self._machine_environment(m)} for m in self.machines],
+                },
+            }
         (self.home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     @property

@@ -89,6 +89,7 @@ class LocalStack:
     root: Path
     endpoint: EmulatorProcess
     contracts_dir: Path = DEFAULT_CONTRACTS_DIR
+    trust_store: Path | None = None  # the CA of an endpoint that serves HTTPS, for the SDK's JVM
 
     @property
     def keys_path(self) -> Path:
@@ -104,7 +105,7 @@ class LocalStack:
                     "lake": {"root": self.root / "lake"},
                     "source_db": {"url": f"sqlite:///{self.root / 'source.db'}"},
                     "landing": {"url": self.root / "landing"},
-                    "sdk": {"classpath": SDK_JAR, "keys_path": self.keys_path},
+                    "sdk": {"classpath": SDK_JAR, "keys_path": self.keys_path, "trust_store": self.trust_store or ""},
                     "delivery_db": {"url": f"sqlite:///{self.root / 'delivery.db'}"},
                 }
             ),
@@ -112,16 +113,31 @@ class LocalStack:
 
 
 def start_local_stack(
-    root: Path, port: int = 0, cap: int | None = None, contracts_dir: Path = DEFAULT_CONTRACTS_DIR
+    root: Path,
+    port: int = 0,
+    cap: int | None = None,
+    contracts_dir: Path = DEFAULT_CONTRACTS_DIR,
+    https_hosts: tuple[str, ...] = (),
 ) -> LocalStack:
-    """Start the endpoint, create and register the keys, and prepare DAGSTER_HOME."""
+    """Start the endpoint, create and register the keys, and prepare DAGSTER_HOME.
+
+    With `https_hosts` the endpoint binds every address and serves HTTPS with a
+    certificate for loopback and those hosts (other machines reach it over the network)."""
     root = root.resolve()
     for sub in ("dagster_home", "lake", "landing", "keys"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(root / "keys", 0o700)
     shutil.copyfile(LOCAL_INSTANCE_YAML, root / "dagster_home" / "dagster.yaml")
-    endpoint = EmulatorProcess(db_path=root / "datahub.db", port=port, cap=cap, log_path=root / "datahub.log").start()
-    stack = LocalStack(root=root, endpoint=endpoint, contracts_dir=contracts_dir)
+    tls, trust_store, host = None, None, "127.0.0.1"
+    if https_hosts:
+        from datahub_dev.tls import make_test_tls
+
+        tls, trust_store = make_test_tls(root / "tls", ("127.0.0.1", "localhost", *https_hosts))
+        host = "0.0.0.0"
+    endpoint = EmulatorProcess(
+        db_path=root / "datahub.db", port=port, host=host, cap=cap, tls=tls, log_path=root / "datahub.log"
+    ).start()
+    stack = LocalStack(root=root, endpoint=endpoint, contracts_dir=contracts_dir, trust_store=trust_store)
     register_keys(endpoint.url, stack.keys_path, sorted(contracts_dir.glob("*.yaml")))
     return stack
 
