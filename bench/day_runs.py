@@ -185,7 +185,7 @@ def day_phase(args: argparse.Namespace, root: Path) -> list[Result]:
         stats = platform.endpoint.stats()
         rec = platform.reconcile(day=day)
         print(f"  a day of {args.day_ranges} ranges: {span['acked']} batches, first send to last ack "
-              f"{span['last_ack'] - span['first_send']:.1f} s; {over}; throttled {stats.get('throttled')}; "
+              f"{span['last_ack'] - span['first_send']:.1f} s; {over}; throttled {stats['by_code'].get('THROTTLED', 0)}; "
               f"max arrivals {stats.get('max_arrived_per_sliding_second')}; reconcile {rec}; {benchlib.machine_facts()}",
               flush=True)  # fmt: skip
         if rec["missing"] or rec["unexpected"]:

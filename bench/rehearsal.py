@@ -398,7 +398,8 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
             f"included; queue wait median {over['queue_wait_s_median']:.0f} s, run start-up to first send median "
             f"{over['startup_s_median']:.1f} s (max {over['startup_s_max']:.1f} s), {len(upload_runs)} upload runs",
         ),
-        Result("THROTTLED answers", stats.get("throttled", 0), None, "", target="<= 0"),
+        Result("THROTTLED answers", stats["by_code"].get("THROTTLED", 0), stats["requests"], "", target="<= 0",
+               baseline_name="requests"),
         Result("max arrivals in a sliding second", stats.get("max_arrived_per_sliding_second", 0), cap, "",
                target=f"<= {cap}", baseline_name="the raised cap"),
         Result("missing + unexpected at the endpoint", rec["missing"] + rec["unexpected"], None, "",
