@@ -22,8 +22,10 @@ extract and snapshot of the day) starts on the host, as the default launcher wou
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PREFIX = "datahub-m"
+LOCK_FILE = Path("/run/lock/datahub-machines.lock") if Path("/run/lock").is_dir() else Path("/tmp/datahub-machines.lock")
 RANGE_TAG = "dagster/partition/range"
 POSTGRES_PORT = 5432
 
@@ -85,14 +88,27 @@ def _create(machine: Machine) -> None:
 
 @contextlib.contextmanager
 def simulated_machines(count: int, log_dir: Path) -> Iterator[list[Machine]]:
-    """`count` namespaces with their veth pairs and Postgres relays; all removed on exit."""
+    """`count` namespaces with their veth pairs and Postgres relays; all removed on exit.
+
+    The names and addresses are fixed, so one set of machines exists at a time: a lock
+    held for the whole block makes a second rehearsal wait rather than take the first
+    one's namespaces. A namespace found while holding it was left by a killed rehearsal.
+    """
     if os.geteuid() != 0:
         raise PermissionError("simulated machines need root (ip netns)")
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with _machines(count, log_dir) as machines:
+            yield machines
+
+
+@contextlib.contextmanager
+def _machines(count: int, log_dir: Path) -> Iterator[list[Machine]]:
     machines = [Machine(k) for k in range(1, count + 1)]
     relays: list[subprocess.Popen] = []
     try:
         for machine in machines:
-            _remove(machine)  # a namespace of ours left by a killed rehearsal
+            _remove(machine)  # left by a killed rehearsal (the lock is ours)
             _create(machine)
             with open(log_dir / f"relay-{machine.namespace}.log", "ab") as log:
                 relays.append(
@@ -116,8 +132,6 @@ def simulated_machines(count: int, log_dir: Path) -> Iterator[list[Machine]]:
 
 
 def _wait_for_relays(machines: list[Machine], timeout_s: float = 10) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout_s
     for machine in machines:
         while True:
