@@ -19,7 +19,9 @@ delivery due today) and submitted to the run queue as the daemon submits it, sta
 day: extract + snapshot, then the fan-out sensor queues one run per range. With
 `--crash`, one upload run's worker is SIGKILLed at a random moment; the day must finish
 without anyone. The script waits for the proof of delivery, reconciles the endpoint
-against the snapshot, and prints the report. It kills only processes it started.
+against the snapshot, and prints the report; a row missing or unexpected at the endpoint
+makes it exit non-zero (so does a day that does not finish). It kills only processes it
+started.
 
     .venv/bin/python bench/rehearsal.py                      # 25M rows, 4x, 4 machines, a crash
     .venv/bin/python bench/rehearsal.py --machines 2 --rows 2000000
@@ -61,6 +63,7 @@ LATENCY = {"median": 150, "jitter": 50}  # ms
 # The upload runs' first progress report comes this long after they start sending
 # (UploadConfig.progress_every_s): the planner's first forecast is taken then.
 PROGRESS_TICK_S = 10.0
+LOST_OR_UNEXPECTED = "missing + unexpected at the endpoint"
 TARGETS = {
     "prepare_s": 60.0,
     "prepare_rss_gb": 4.0,
@@ -402,7 +405,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
                baseline_name="requests"),
         Result("max arrivals in a sliding second", stats.get("max_arrived_per_sliding_second", 0), cap, "",
                target=f"<= {cap}", baseline_name="the raised cap"),
-        Result("missing + unexpected at the endpoint", rec["missing"] + rec["unexpected"], None, "",
+        Result(LOST_OR_UNEXPECTED, rec["missing"] + rec["unexpected"], None, "",
                target="<= 0", note=f"crash: {'one run worker SIGKILLed' if crashed else 'none'}; failed runs {len(failed_runs)}"),
         Result("planner forecast error at the first progress tick", forecast_error, None, "",
                target=f"<= {TARGETS['forecast_error']}",
@@ -443,6 +446,9 @@ def main() -> None:
     print(f"rehearsal: {benchlib.machine_facts()}", flush=True)
     results = rehearse(args)
     benchlib.report("the reference day, rehearsed", results, args.md)
+    lost = next(r for r in results if r.name == LOST_OR_UNEXPECTED)
+    if lost.measured:
+        raise SystemExit(f"{lost.measured:.0f} rows missing or unexpected at the endpoint")
 
 
 if __name__ == "__main__":
