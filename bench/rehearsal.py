@@ -283,6 +283,25 @@ def reconcile(platform: Platform, day: str, chunk: int = 1_000_000) -> dict:
     return {"expected": len(ids), "stored": stored_total, "missing": missing, "unexpected": stored_total - found}
 
 
+def over_cap_seconds(endpoint_db: Path, cap: int) -> list[float]:
+    """Where sliding seconds holding more than `cap` arrivals begin (epoch s), one per
+    burst: read from the stand-in endpoint's arrival stamps (its receipts, no row data)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{endpoint_db}?mode=ro", uri=True)
+    try:
+        stamps = [row[0] for row in db.execute("SELECT arrived_at FROM receipts ORDER BY arrived_at")]
+    finally:
+        db.close()
+    starts, first = [], 0
+    for last, stamp in enumerate(stamps):
+        while stamp - stamps[first] >= 1.0:
+            first += 1
+        if last - first + 1 > cap and (not starts or stamps[first] - starts[-1] >= 1.0):
+            starts.append(stamps[first])
+    return starts
+
+
 def table_sizes(url: str, table: str) -> tuple[int, int]:
     engine = create_engine(url)
     try:
@@ -357,6 +376,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         watch.stop()  # the figures are the day's: reconciling below loads every id
         rec = reconcile(platform, day)
         upload_runs = [r.run_id for r in platform.runs() if "dagster/partition/range" in r.tags]
+        run_starts = [t for t in (platform.run_record(r).start_time for r in upload_runs) if t is not None]
         from day_runs import run_overheads
 
         over = run_overheads(platform, upload_runs)
@@ -365,6 +385,12 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         event_rows, event_bytes = table_sizes(storage_url, "event_logs")
     shown = {k: v for k, v in stats.items() if k != "per_second"}
     print(f"  reconcile {rec}; endpoint {shown}; failed runs {len(failed_runs)}; crashed {crashed}", flush=True)
+    # When the sliding seconds over the cap came, beside when the upload runs started (both
+    # in s after the first send): do over-cap arrivals follow the runs' start-ups?
+    bursts = [round(t - counts["first_send"]) for t in over_cap_seconds(args.root / "datahub.db", cap)]
+    starts = sorted(round(t - counts["first_send"]) for t in run_starts)
+    print(f"  sliding seconds over the cap begin at {bursts[:40]}{' ...' if len(bursts) > 40 else ''}; "
+          f"upload runs started at {starts}", flush=True)  # fmt: skip
     print(f"  peak RSS MB by kind: {watch.peak_mb}", flush=True)
     print(f"  sensor ticks (s): {sensors}", flush=True)
 
