@@ -44,6 +44,7 @@ from pathlib import Path
 import benchlib
 import sqlalchemy as sa
 from benchlib import Result
+from day_runs import day_span, run_overheads
 
 import dagster as dg
 from datahub_assets.automation.daily import DEFAULT_START, prepare_job_name, run_tags
@@ -207,16 +208,6 @@ def schedule_tick(platform: Platform, day: str) -> str:
     )
 
 
-def ledger_counts(platform: Platform, day: str) -> dict:
-    t = ledger_table
-    with platform.delivery_engine.connect() as conn:  # type: ignore[union-attr]
-        acked, first, last = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(t.c.first_sent_at), sa.func.max(t.c.acked_at))
-            .where(t.c.day == day, t.c.status == "S")
-        ).one()
-    return {"acked": acked, "first_send": first, "last_ack": last}
-
-
 def delivered(platform: Platform, day: str) -> bool:
     key = asset_key(platform.contract(), Stage.DELIVERED)
     return day in platform.instance.get_materialized_partitions(key)  # type: ignore[union-attr]
@@ -224,13 +215,10 @@ def delivered(platform: Platform, day: str) -> bool:
 
 def forecast(platform: Platform, day: str) -> datetime | None:
     """The planner's ETA as the at-risk sensor computes it now (None before sending)."""
-    from datahub_assets.upload.resources import DeliveryDatabase
-
     contract = platform.contract()
-    db = DeliveryDatabase(url=platform.env["DATAHUB_DELIVERY_DB_URL"], cap_per_second=platform.limiter_cap)
     progress = read_day_progress(
         platform.instance, contract, day, datetime.now(timezone.utc),  # type: ignore[arg-type]
-        ledger=Ledger(platform.delivery_engine), lake=DataLake(root=platform.env["DATAHUB_DATA_DIR"]), cap=db.cap_per_second,
+        ledger=Ledger(platform.delivery_engine), lake=DataLake(root=platform.env["DATAHUB_DATA_DIR"]), cap=platform.limiter_cap,
     )  # fmt: skip
     if not progress.started or not progress.remaining_batches:
         return None
@@ -348,7 +336,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         deadline = time.monotonic() + args.timeout_s
         last_print = 0.0
         while True:
-            counts = ledger_counts(platform, day)
+            counts = day_span(platform, day, tick_at)
             if cpu_start is None and counts["acked"]:
                 cpu_start = (machine_cpu_s(), counts["acked"])
             if first_forecast is None and counts["acked"] and time.time() >= counts["first_send"] + PROGRESS_TICK_S:
@@ -367,9 +355,9 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
                 last_print = time.monotonic()
                 print(f"  {counts['acked']:,} of {total:,} acknowledged; {benchlib.machine_facts()}", flush=True)
             time.sleep(2)
-        cpu_end = (machine_cpu_s(), ledger_counts(platform, day)["acked"])
+        cpu_end = (machine_cpu_s(), day_span(platform, day, tick_at)["acked"])
         proof_at = time.time()
-        counts = ledger_counts(platform, day)
+        counts = day_span(platform, day, tick_at)
         time.sleep(args.sensor_wait_s)  # the sensors tick once more over the finished day
         sensors = sensor_tick_seconds(platform)
         stats = platform.endpoint.stats()
@@ -377,8 +365,6 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         rec = reconcile(platform, day)
         upload_runs = [r.run_id for r in platform.runs() if "dagster/partition/range" in r.tags]
         run_starts = [t for t in (platform.run_record(r).start_time for r in upload_runs) if t is not None]
-        from day_runs import run_overheads
-
         over = run_overheads(platform, upload_runs)
         failed_runs = [r.run_id for r in platform.runs([dg.DagsterRunStatus.FAILURE])]
         ledger_rows, ledger_bytes = table_sizes(platform.env["DATAHUB_DELIVERY_DB_URL"], ledger_table.name)
