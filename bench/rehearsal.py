@@ -54,6 +54,7 @@ from datahub_assets.monitoring.progress import read_day_progress
 from datahub_assets.partitions import PARTNER_TZ, Stage, asset_key, asset_name, batch_count, business_date
 from datahub_assets.sql import create_engine
 from datahub_assets.upload.ledger import Ledger, ledger_table
+from datahub_dev.machines import is_upload_run
 from datahub_dev.platform import LOCATION, REPOSITORY, Platform, PlatformSpec, kill
 
 SOURCE_DB = "datahub_rehearsal"
@@ -227,7 +228,7 @@ def forecast(platform: Platform, day: str) -> datetime | None:
 
 def crash_one_run(platform: Platform) -> str | None:
     """SIGKILL the run worker of a random upload run that is sending; its run id."""
-    candidates = [r for r in platform.runs([dg.DagsterRunStatus.STARTED]) if "dagster/partition/range" in r.tags]
+    candidates = [r for r in platform.runs([dg.DagsterRunStatus.STARTED]) if is_upload_run(r)]
     random.shuffle(candidates)
     for run in candidates:
         processes = platform.run_processes(run.run_id)
@@ -363,7 +364,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         stats = platform.endpoint.stats()
         watch.stop()  # the figures are the day's: reconciling below loads every id
         rec = reconcile(platform, day)
-        upload_runs = [r.run_id for r in platform.runs() if "dagster/partition/range" in r.tags]
+        upload_runs = [r.run_id for r in platform.runs() if is_upload_run(r)]
         run_starts = [t for t in (platform.run_record(r).start_time for r in upload_runs) if t is not None]
         over = run_overheads(platform, upload_runs)
         failed_runs = [r.run_id for r in platform.runs([dg.DagsterRunStatus.FAILURE])]

@@ -98,6 +98,7 @@ class Contract:
     dedup_order_by: str | None
     start_date: str
     batch_ranges: int
+    upload_runs: int
     max_reject_share: float
     max_row_count_change: float
     max_value_bytes: int
@@ -187,6 +188,9 @@ class _ContractFile(_Strict):
     dedup: _DedupFile = _DedupFile()
     start_date: date = date(2026, 1, 1)
     batch_ranges: int = Field(default=32, ge=1, le=1000, strict=True)
+    # The fan-out sends a date's ranges in this many runs, each a contiguous block of
+    # ranges with one JVM: one run per upload pool slot (dagster.yaml's default_limit).
+    upload_runs: int = Field(default=4, ge=1, le=1000, strict=True)
     max_reject_share: float = Field(default=0.05, ge=0, le=1)
     max_row_count_change: float = Field(default=0.5, ge=0)
     max_value_bytes: int = Field(default=65536, gt=0, strict=True)
@@ -251,6 +255,7 @@ def load_contract(path: Path) -> Contract:
         dedup_order_by=spec.dedup.order_by,
         start_date=spec.start_date.isoformat(),
         batch_ranges=spec.batch_ranges,
+        upload_runs=spec.upload_runs,
         max_reject_share=spec.max_reject_share,
         max_row_count_change=spec.max_row_count_change,
         max_value_bytes=spec.max_value_bytes,

@@ -25,6 +25,11 @@ PARTNER_TZ = ZoneInfo(PARTNER_TZ_NAME)
 DEADLINE = time(10, 0)  # GMT+8, on the day after the business date
 BATCH_ROWS = 100  # the partner's batch size
 
+# Dagster's tags for a run over a range of partitions (not exported by name): the
+# cartesian product of each dimension's range, here one date's block of ranges.
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
 DATE_DIM = "date"
 RANGE_DIM = "range"  # sorts after DATE_DIM, so keys read `<date>|<range>`
 
@@ -96,6 +101,15 @@ def batch_slice(range_index: int, range_count: int, total_batches: int) -> range
     if not 0 <= range_index < range_count:
         raise ValueError(f"range {range_index} outside 0..{range_count - 1}")
     return range(range_index * total_batches // range_count, (range_index + 1) * total_batches // range_count)
+
+
+def range_blocks(range_count: int, runs: int) -> list[tuple[str, str]]:
+    """The first and last range key of each upload run of a date: `runs` contiguous blocks
+    (fewer if there are fewer ranges), sizes differing by one at most."""
+    keys = range_keys(range_count)
+    runs = min(runs, range_count)
+    cuts = [k * range_count // runs for k in range(runs + 1)]
+    return [(keys[cuts[k]], keys[cuts[k + 1] - 1]) for k in range(runs)]
 
 
 # --- partitions --------------------------------------------------------------------

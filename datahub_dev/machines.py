@@ -40,7 +40,14 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PREFIX = "datahub-m"
 LOCK_FILE = Path("/run/lock/datahub-machines.lock") if Path("/run/lock").is_dir() else Path("/tmp/datahub-machines.lock")
-RANGE_TAG = "dagster/partition/range"
+# An upload run carries one of these: the fan-out's and the upload job's runs name their
+# range or block of ranges; a run from the asset page's Materialize button has only
+# Dagster's partition tag.
+UPLOAD_RUN_TAGS = ("datahub/range", "dagster/partition/range")
+
+
+def is_upload_run(run: dg.DagsterRun) -> bool:
+    return any(tag in run.tags for tag in UPLOAD_RUN_TAGS)
 POSTGRES_PORT = 5432
 
 
@@ -181,7 +188,7 @@ class NamespaceRunLauncher(RunLauncher, ConfigurableClass):
             job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(), set_exit_code_on_failure=True
         ).get_command_args()
         namespace, env = None, {}
-        if RANGE_TAG in run.tags and self._machines:
+        if is_upload_run(run) and self._machines:
             namespace, env = min(self._machines, key=lambda m: self._busy(m[0]))
         command = ["ip", "netns", "exec", namespace, *args] if namespace else list(args)
         # `dagster` is found next to this interpreter, as the code server would find it.

@@ -42,10 +42,13 @@ import polars as pl
 import sqlalchemy as sa
 import yaml
 
+from datahub_assets.automation.daily import block_label, run_tags
 from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, Contract, load_contracts
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import (
     BATCH_ROWS,
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
     Stage,
     asset_name,
     business_date,
@@ -202,6 +205,7 @@ class Platform:
         for path in self.spec.contracts:
             raw = yaml.safe_load(Path(path).read_text())
             raw["batch_ranges"] = self.spec.ranges
+            raw["upload_runs"] = self.spec.upload_pool  # the fan-out's runs, one per pool slot
             (self.contracts_dir / Path(path).name).write_text(yaml.safe_dump(raw, sort_keys=False))
         (self.root / "definitions.py").write_text(_DEFINITIONS_PY.format(cap=float(self.limiter_cap)))
         workspace = {"load_from": [{"python_file": {"relative_path": "definitions.py", "location_name": LOCATION}}]}
@@ -322,24 +326,35 @@ class Platform:
     def upload_config(self, contract: Contract, **config: object) -> dict:
         return {"ops": {asset_name(contract, Stage.UPLOADED): {"config": {"progress_every_s": 2.0, **config}}}}
 
-    def launch(self, range_key: str, *, dataset: str | None = None, day: str | None = None, tags: dict | None = None, **config: object) -> str:
-        """Submit an upload run of one range to the queue, as the UI does; the daemon
-        launches it. Returns its run id."""
+    def launch(
+        self, first: str, last: str | None = None, *, dataset: str | None = None, day: str | None = None,
+        tags: dict | None = None, **config: object,
+    ) -> str:
+        """Submit an upload run to the queue, as the UI does, of range `first`, or of the
+        block of ranges first..last as the daily fan-out cuts them; the daemon launches it.
+        Returns its run id."""
         from dagster_graphql import DagsterGraphQLClient
 
         contract, day = self.contract(dataset), day or self.spec.day
-        key = upload_partition_key(day, range_key)
+        if last is None:
+            key = upload_partition_key(day, first)
+            targets = {
+                "dagster/partition": str(key),
+                **{f"dagster/partition/{dim}": value for dim, value in key.keys_by_dimension.items()},
+            }
+        else:
+            targets = {
+                PARTITION_RANGE_START_TAG: str(upload_partition_key(day, first)),
+                PARTITION_RANGE_END_TAG: str(upload_partition_key(day, last)),
+                **run_tags(contract, day, block_label(first, last)),
+            }
         client = DagsterGraphQLClient("127.0.0.1", port_number=self.webserver_port)
         return client.submit_job_execution(
             ASSET_JOB,
             repository_location_name=LOCATION,
             repository_name=REPOSITORY,
             run_config=self.upload_config(contract, **config),
-            tags={
-                "dagster/partition": str(key),
-                **{f"dagster/partition/{dim}": value for dim, value in key.keys_by_dimension.items()},
-                **(tags or {}),
-            },
+            tags={**targets, **(tags or {})},
             asset_selection=[asset_name(contract, Stage.UPLOADED)],
         )
 

@@ -15,11 +15,11 @@ import pytest
 import polars as pl
 
 from datahub_assets.automation.daily import FAN_OUT_TAG, build_daily_delivery_schedule, build_prepare_job
-from datahub_assets.contract import load_contract
+from datahub_assets.contract import Contract, load_contract
 from datahub_assets.definitions import build_dataset_assets, build_definitions
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
 from datahub_assets.lake import DataLake
-from datahub_assets.partitions import DATE_DIM, RANGE_DIM, range_keys
+from datahub_assets.partitions import range_keys, upload_partitions_def
 from datahub_assets.snapshot.assets import ROW_COUNT_CHANGE_CHECK, SCHEMA_CHECK, schema_violations
 from datahub_dev.synthetic import generate, write_table
 from support import CONTRACT, CONTRACTS_DIR, write_contract
@@ -39,6 +39,11 @@ def lake_resources(tmp_path: Path) -> dict:
 def fan_out(defs: dg.Definitions, dataset: str, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
     sensor = defs.resolve_sensor_def(f"{dataset}_upload_fan_out_sensor")
     return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs)).run_requests
+
+
+def targets(request: dg.RunRequest, contract: Contract = CONTRACT) -> list[str]:
+    """The uploaded partitions a fan-out run covers: its block of one date's ranges."""
+    return [str(k) for k in upload_partitions_def(contract).get_partition_keys_in_range(request.partition_key_range)]
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
@@ -64,9 +69,9 @@ def test_a_snapshot_that_fails_its_blocking_check_is_never_fanned_out(tmp_path: 
 
     assert not blocked.success and passed.success
     assert not check_results(blocked)["reject_share_under_threshold"].passed
-    # Only the date whose snapshot passed is uploaded.
-    assert {r.partition_key.keys_by_dimension[DATE_DIM] for r in requests} == {good_day}
-    assert len(requests) == CONTRACT.batch_ranges
+    # Only the date whose snapshot passed is uploaded: its 32 ranges in 4 runs of 8.
+    assert [len(targets(r)) for r in requests] == [8, 8, 8, 8]
+    assert sorted(k for r in requests for k in targets(r)) == [f"{good_day}|{k}" for k in range_keys(CONTRACT.batch_ranges)]
 
 
 def test_the_row_count_check_fails_beyond_the_contracts_change(tmp_path: Path):
@@ -105,7 +110,7 @@ def test_the_schema_check_counts_what_would_break_the_partners_schema(tmp_path: 
 
 def test_the_fan_out_of_two_contracts_starts_each_datasets_own_ranges(tmp_path: Path):
     contracts = write_contract(tmp_path / "contracts", batch_ranges=4)
-    write_contract(contracts, dataset="device_profile", data_uuid="0" * 32, batch_ranges=2)
+    write_contract(contracts, dataset="device_profile", data_uuid="0" * 32, batch_ranges=5, upload_runs=2)
     resources = lake_resources(tmp_path)
     write_table(generate(500, DAY), resources["source_db"].url)
     defs = build_definitions(contracts)
@@ -119,14 +124,14 @@ def test_the_fan_out_of_two_contracts_starts_each_datasets_own_ranges(tmp_path: 
             assert run.success
         requests = {d: fan_out(defs, d, instance) for d in ("user_profile", "device_profile")}
 
-    for dataset, ranges in (("user_profile", 4), ("device_profile", 2)):
+    # One run per range where there are no more ranges than upload runs, else blocks.
+    for dataset, blocks in (("user_profile", [["0"], ["1"], ["2"], ["3"]]), ("device_profile", [["0", "1"], ["2", "3", "4"]])):
         assert defs.resolve_sensor_def(f"{dataset}_upload_fan_out_sensor").job_name == f"{dataset}_upload_job"
-        assert sorted(r.partition_key for r in requests[dataset]) == sorted(
-            dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: k}) for k in range_keys(ranges)
-        )
-        # Run tags name the dataset, date and range; an old date gets no queue priority.
+        contract = load_contract(contracts / f"{dataset}.yaml")
+        assert sorted(targets(r, contract) for r in requests[dataset]) == [[f"{DAY}|{k}" for k in block] for block in blocks]
+        # Run tags name the dataset, date and range block; an old date gets no queue priority.
         assert sorted((r.tags["datahub/dataset"], r.tags["datahub/date"], r.tags["datahub/range"]) for r in requests[dataset]) == [
-            (dataset, DAY, k) for k in range_keys(ranges)
+            (dataset, DAY, block[0] if len(block) == 1 else f"{block[0]}-{block[-1]}") for block in blocks
         ]
         assert {r.tags["dagster/priority"] for r in requests[dataset]} == {"0"}
 

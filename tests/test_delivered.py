@@ -60,6 +60,37 @@ def test_partition_keys_read_date_first():
     assert partitions.get_partition_keys()[:2] == [f"{CONTRACT.start_date}|00", f"{CONTRACT.start_date}|01"]
 
 
+def test_a_block_run_sends_each_range_on_its_own_and_a_failed_range_stops_none_after_it(day: Day, datahub_endpoint):
+    write_table(generate(1_050, DAY), day.source_url)  # 11 batches: ranges 0..3 hold 2, 3, 3, 3
+    day.prepare()
+    datahub_endpoint.faults(scripted=[{"request": 2, "outcome": "F/DATA_CHECK_FAILED"}])  # in range 1
+
+    result = day.upload_block("1", "3", raise_on_error=False)
+
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert f"1 of 3 batches of range 1 ({DAY}) did not succeed: DATA_CHECK_FAILED x1" in failure.step_failure_data.error.message
+    # Each range is its own partition, materialized when its last batch is acknowledged.
+    sent = [(m.partition, {k: v.value for k, v in m.metadata.items()}) for m in result.asset_materializations_for_node(day.uploaded.op.name)]
+    assert [(p, m["first_batch_number"], m["last_batch_number"], m["batches_sent"]) for p, m in sent] == [
+        (f"{DAY}|2", 5, 7, 3), (f"{DAY}|3", 8, 10, 3),
+    ]  # fmt: skip
+    ledger = day.ledger()
+    assert sorted(ledger) == list(range(2, 11)) and sorted(e.status for e in ledger.values()) == ["F"] + ["S"] * 8
+    status = day.instance.get_status_by_partition(day.uploaded.key, [day.partition_key(k) for k in day.range_keys], upload_partitions_def(day.contract))
+    assert [status.get(day.partition_key(k)) for k in day.range_keys] == [
+        None, dg.AssetPartitionStatus.FAILED, dg.AssetPartitionStatus.MATERIALIZED, dg.AssetPartitionStatus.MATERIALIZED,
+    ]  # fmt: skip
+
+    # The whole date in one run: range 0, and the refused batch again; nothing else is sent twice.
+    datahub_endpoint.faults(scripted=[])
+    again = day.upload_block("0", "3")
+    metadata = [{k: v.value for k, v in m.metadata.items()} for m in again.asset_materializations_for_node(day.uploaded.op.name)]
+    assert [m["batches_sent"] for m in metadata] == [2, 1, 0, 0]
+    assert {e.status for e in day.ledger().values()} == {"S"} and len(day.ledger()) == 11
+    assert day.prove().success
+
+
 def test_a_delivered_dates_proof_matches_the_ledger_and_names_no_row(day: Day, datahub_endpoint):
     source = generate(1_050, DAY, bad_share=0.02)
     write_table(source, day.source_url)

@@ -39,7 +39,7 @@ from datahub_assets.monitoring.rules import (
     Watch,
 )
 from datahub_assets.monitoring.sensors import build_delivery_checks, build_watch_sensor
-from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM, batch_slice, range_keys
+from datahub_assets.partitions import DATE_DIM, PARTNER_TZ, RANGE_DIM, batch_slice, range_keys, upload_partitions_def
 from datahub_assets.upload.ledger import Ledger, ledger_table
 from datahub_assets.upload.resources import DeliveryDatabase, create_delivery_engine
 from support import NoSendClient, Receiver, environment_of, write_contract
@@ -535,12 +535,13 @@ def test_a_successful_tagged_snapshot_run_fans_out_every_range_once(tmp_path: Pa
         first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
         second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor, definitions=defs))
 
-    assert sorted(r.partition_key for r in first.run_requests) == sorted(
-        dg.MultiPartitionKey({DATE_DIM: DAY, RANGE_DIM: k}) for k in KEYS
-    )
+    # Every range of the tagged date once, in the contract's 4 runs of a block of 8.
+    partitions = upload_partitions_def(CONTRACT)
+    targets = [partitions.get_partition_keys_in_range(r.partition_key_range) for r in first.run_requests]
+    assert sorted(str(k) for block in targets for k in block) == [f"{DAY}|{k}" for k in KEYS]
     assert sensor.job_name == "user_profile_upload_job"
-    assert sorted(r.tags["datahub/range"] for r in first.run_requests) == KEYS
-    assert len({r.run_key for r in first.run_requests}) == len(KEYS)
+    assert sorted(r.tags["datahub/range"] for r in first.run_requests) == ["00-07", "08-15", "16-23", "24-31"]
+    assert len({r.run_key for r in first.run_requests}) == CONTRACT.upload_runs == 4
     assert second.run_requests == []
 
 

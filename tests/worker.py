@@ -1,9 +1,9 @@
 """Run part of a day in this OS process, as a run worker would (the tests' one worker).
 
-    python tests/worker.py CONTRACTS_DIR DATE [--prepare] [--ranges all|K,K] [--config JSON]
+    python tests/worker.py CONTRACTS_DIR DATE [--prepare] [--ranges all|K,K] [--block K-L] [--config JSON]
 
 --prepare materializes the extract and the snapshot of DATE; --ranges then uploads the
-given batch ranges one run each. Resources come from the DATAHUB_* environment
+given batch ranges one run each, --block ranges K..L in one run (as the daily fan-out). Resources come from the DATAHUB_* environment
 (datahub_assets/resources.py), as in production; the instance from DAGSTER_HOME, or an
 ephemeral one when it is unset. Exits 1 if any run failed. Prints nothing itself: the
 tests read its stdout and stderr for leaked values.
@@ -22,7 +22,12 @@ import dagster as dg
 from datahub_assets.contract import load_contracts
 from datahub_assets.definitions import build_dataset_assets
 from datahub_assets.resources import build_resources
-from datahub_assets.partitions import range_keys, upload_partition_key
+from datahub_assets.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+    range_keys,
+    upload_partition_key,
+)
 
 
 def _resources_for(assets: list[dg.AssetsDefinition]) -> dict:
@@ -36,6 +41,7 @@ def main() -> int:
     parser.add_argument("date")
     parser.add_argument("--prepare", action="store_true")
     parser.add_argument("--ranges", default="")
+    parser.add_argument("--block", default="", help="FIRST-LAST: one run over these ranges")
     parser.add_argument("--config", default="{}", help="UploadConfig values, JSON")
     args = parser.parse_args()
 
@@ -58,14 +64,21 @@ def main() -> int:
             )
             ok = ok and result.success
         keys = range_keys(contract.batch_ranges) if args.ranges == "all" else [k for k in args.ranges.split(",") if k]
-        for key in keys:
+        targets = [{"partition_key": upload_partition_key(args.date, key)} for key in keys]
+        if args.block:
+            first, last = args.block.split("-")
+            targets.append({"tags": {
+                PARTITION_RANGE_START_TAG: str(upload_partition_key(args.date, first)),
+                PARTITION_RANGE_END_TAG: str(upload_partition_key(args.date, last)),
+            }})  # fmt: skip
+        for target in targets:
             result = dg.materialize(
                 [uploaded],
-                partition_key=upload_partition_key(args.date, key),
                 resources=_resources_for([uploaded]),
                 instance=instance,
                 raise_on_error=False,
                 run_config={"ops": {uploaded.op.name: {"config": json.loads(args.config)}}},
+                **target,
             )
             ok = ok and result.success
     return 0 if ok else 1

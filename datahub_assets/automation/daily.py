@@ -4,7 +4,7 @@ range is uploaded, the proof of delivery follows (delivered/assets.py).
 
 Each step is a named job, so a run of the chain says what it is wherever it starts (the
 schedule, the fan-out, a launchpad, a job backfill, `datahub-deliver`): `<dataset>_prepare_job`
-(extract + snapshot), `<dataset>_upload_job` (one batch range) and `<dataset>_proof_job`.
+(extract + snapshot), `<dataset>_upload_job` (a block of batch ranges) and `<dataset>_proof_job`.
 Their runs carry `datahub/dataset`, `datahub/date` and, for uploads, `datahub/range`.
 Dagster sets run tags per partition only through a job's partitioned config, so a run the
 asset page's Materialize button starts (Dagster's own asset job) has only Dagster's
@@ -16,8 +16,12 @@ Why a schedule plus a fan-out sensor:
 - The fan-out waits for the snapshot run to *succeed*. A snapshot whose blocking
   reject-share check failed is materialized but its run fails, so it never reaches the
   partner.
-- Each (date, range) stays one run (6-7 s of overhead each; 32 a day is fine) under a run
-  key, so a repeated tick never starts a range twice; pools bound how many go at once.
+- A date's ranges go in `upload_runs` runs (one per upload pool slot), each a contiguous
+  block of ranges under a run key, so a repeated tick never starts a range twice. A run
+  pays its start-up (queue, launch, resources, JVM, first call: 10-25 s) once for its
+  block, and the runs never stop together to start the next wave, which left the cap
+  idle at each change when every range was its own run. A range stays its own partition:
+  the unit a rerun, a lease and the UI work on (docs/performance.md, "Upload runs").
 - Declarative automation (`AutomationCondition.eager()` on the uploaded asset) would fan
   out too, but it fires on every snapshot update, including hand runs and backfills, and
   the timetable would hide in a condition. Here the start time is one readable cron, and
@@ -30,13 +34,15 @@ import dagster as dg
 
 from datahub_assets.contract import Contract
 from datahub_assets.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
     PARTNER_TZ_NAME,
     Stage,
     asset_key,
     business_date,
     daily_partitions_def,
     is_current_day,
-    range_keys,
+    range_blocks,
     split_upload_key,
     upload_partition_key,
     upload_partitions_def,
@@ -58,8 +64,13 @@ DATASET_TAG, DATE_TAG, RANGE_TAG = "datahub/dataset", "datahub/date", "datahub/r
 
 
 def run_tags(contract: Contract, day: str, range_key: str | None = None) -> dict[str, str]:
-    """What a run of the chain works on, as run tags (the UI filters runs by them)."""
+    """What a run of the chain works on, as run tags (the UI filters runs by them); an
+    upload run's range is one key (`07`) or a block of them (`block_label`)."""
     return {DATASET_TAG: contract.dataset, DATE_TAG: day, **({RANGE_TAG: range_key} if range_key is not None else {})}
+
+
+def block_label(first: str, last: str) -> str:
+    return first if first == last else f"{first}-{last}"
 
 
 def _tagged(partitions_def: dg.PartitionsDefinition, tags_for_key) -> dg.PartitionedConfig:  # noqa: ANN001
@@ -92,13 +103,16 @@ def build_prepare_job(contract: Contract):  # noqa: ANN201 - an unresolved asset
 
 
 def build_upload_job(contract: Contract):  # noqa: ANN201 - an unresolved asset job
-    """Upload one (date, range)."""
+    """Upload one (date, range), or a block of one date's ranges (a partition range)."""
     partitions_def = upload_partitions_def(contract)
     return dg.define_asset_job(
         upload_job_name(contract),
         selection=dg.AssetSelection.assets(asset_key(contract, Stage.UPLOADED)),
         config=_tagged(partitions_def, lambda key: run_tags(contract, *split_upload_key(partitions_def, key))),
-        description=f"Upload one batch range of one business date of {contract.dataset} (partition `<date>|<range>`).",
+        description=(
+            f"Upload batch ranges of one business date of {contract.dataset}: one partition `<date>|<range>`, "
+            "or a block of them (the daily fan-out's runs)."
+        ),
     )
 
 
@@ -125,7 +139,7 @@ def build_daily_delivery_schedule(contract: Contract, prepare_job, *, start: tim
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=(
             f"Every day at {start:%H:%M} GMT+8: extract and snapshot yesterday's {contract.dataset}; "
-            f"{contract.dataset}_upload_fan_out_sensor then starts one upload run per batch range."
+            f"{contract.dataset}_upload_fan_out_sensor then starts the upload runs of its batch ranges."
         ),
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
@@ -176,17 +190,23 @@ def build_upload_fan_out_sensor(contract: Contract, upload_job) -> dg.SensorDefi
             if day is None or not any(e.asset_materialization.asset_key == snapshot for e in built):
                 context.log.warning("run %s carries %s but built no snapshot partition: no fan-out", run.run_id, FAN_OUT_TAG)
                 continue
+            blocks = range_blocks(contract.batch_ranges, contract.upload_runs)
             requests += [
                 dg.RunRequest(
-                    run_key=f"{run.run_id}:{key}",
-                    partition_key=upload_partition_key(day, key),
-                    # Today's delivery leaves the run queue before anything else; the job
-                    # adds the dataset, date and range tags.
-                    tags={"dagster/priority": TODAY_PRIORITY if is_current_day(day) else "0"},
+                    run_key=f"{run.run_id}:{first}-{last}",
+                    tags={
+                        PARTITION_RANGE_START_TAG: str(upload_partition_key(day, first)),
+                        PARTITION_RANGE_END_TAG: str(upload_partition_key(day, last)),
+                        **run_tags(contract, day, block_label(first, last)),
+                        # Today's delivery leaves the run queue before anything else.
+                        "dagster/priority": TODAY_PRIORITY if is_current_day(day) else "0",
+                    },
                 )
-                for key in range_keys(contract.batch_ranges)
+                for first, last in blocks
             ]
-            context.log.info("fan out %s %s: %d upload runs", contract.dataset, day, contract.batch_ranges)
+            context.log.info(
+                "fan out %s %s: %d ranges in %d upload runs", contract.dataset, day, contract.batch_ranges, len(blocks)
+            )
         cursor = str(records[-1].update_timestamp.timestamp()) if records else context.cursor
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 

@@ -21,7 +21,13 @@ import dagster as dg
 
 from datahub_assets.contract import Contract
 from datahub_assets.monitoring.notifier import Alert, Notifier
-from datahub_assets.partitions import Stage, asset_key, upload_partition_key
+from datahub_assets.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+    Stage,
+    asset_key,
+    upload_partition_key,
+)
 from datahub_assets.upload.lease import AbandonedLease, abandoned_leases
 from datahub_assets.upload.resources import DeliveryDatabase
 
@@ -54,12 +60,15 @@ def _retry_job(contract: Contract):  # noqa: ANN202 - an unresolved asset job
 
 
 def _retry_request(run: dg.DagsterRun, number: int, lease: AbandonedLease, contract: Contract) -> dg.RunRequest:
-    """The retry Dagster would start, for a run it cannot retry: same partition, config and tags."""
-    kept = {k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k in ("dagster/priority", MAX_RETRIES_TAG)}
+    """The retry Dagster would start, for a run it cannot retry: same partitions (one range
+    or a block of them), config and tags."""
+    kept_dagster_tags = ("dagster/priority", MAX_RETRIES_TAG, PARTITION_RANGE_START_TAG, PARTITION_RANGE_END_TAG)
+    kept = {k: v for k, v in run.tags.items() if not k.startswith("dagster/") or k in kept_dagster_tags}
+    block = PARTITION_RANGE_START_TAG in kept
     return dg.RunRequest(
         job_name=retry_job_name(contract),
         run_key=f"{run.run_id}:retry",
-        partition_key=upload_partition_key(lease.day, lease.range_key),
+        partition_key=None if block else upload_partition_key(lease.day, lease.range_key),
         run_config=run.run_config,
         tags={
             **kept,

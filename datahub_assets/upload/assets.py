@@ -5,7 +5,8 @@ import socket
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -116,8 +117,30 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         lake: DataLake,
         sdk: dg.ResourceParam[UploadClient],
         delivery_db: DeliveryDatabase,
-    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
-        day, range_key = split_upload_key(partitions_def, context.partition_key)
+    ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
+        # One range, or a block of them (the daily fan-out's runs): each is sent, leased and
+        # materialized on its own, in order, through the one JVM this process starts.
+        failed: dict[str, _RangeFailure] = {}
+        for partition_key in context.partition_keys:
+            day, range_key = split_upload_key(partitions_def, partition_key)
+            failure = yield from _send_range(context, config, lake, sdk, delivery_db, partition_key, day, range_key)
+            if failure is not None:
+                failed[range_key] = failure
+                if failure.stops_the_run:
+                    break  # the next ranges would meet the same refusal: their batches stay pending
+        if failed:
+            raise dg.Failure(
+                description=" ".join(f.description for f in failed.values())
+                + " See the ledger for traceIds; a rerun sends only what is not acknowledged.",
+                metadata={"failed_batch_numbers": dg.MetadataValue.json({k: f.batch_numbers for k, f in failed.items()})},
+            )
+
+    def _send_range(
+        context: dg.AssetExecutionContext, config: UploadConfig, lake: DataLake, sdk: UploadClient,
+        delivery_db: DeliveryDatabase, partition_key: str, day: str, range_key: str,
+    ) -> Generator[dg.AssetMaterialization | dg.AssetObservation, None, "_RangeFailure | None"]:
+        """Send one range and yield its materialization; returns what failed if some of its
+        batches did not succeed."""
         snapshot_path = lake.snapshot_path(contract.dataset, day)
         if not snapshot_path.exists():
             raise dg.Failure(f"no snapshot of {contract.dataset} for {day}: materialize {contract.dataset}_snapshot first")
@@ -126,8 +149,8 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         batches = read_batches(snapshot_path, numbers)
         ledger = delivery_db.ledger()
         if config.dry_run:
-            yield _dry_run(contract, day, range_key, batches, total_batches, ledger, delivery_db.cap_per_second, context)
-            return
+            yield _dry_run(contract, partition_key, day, range_key, batches, total_batches, ledger, delivery_db.cap_per_second, context)
+            return None
 
         # Never regress the partner: it keeps one value per id, the last one sent.
         newer = ledger.newer_delivered_day(contract.data_uuid, day)
@@ -195,31 +218,40 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         if report.rows_sent:  # a rerun that only skips has no rate
             metadata["rows_per_s"] = round(report.rows_per_s, 1)
         metadata |= _day_outlook(ledger, contract, day, total_batches, delivery_db.cap_per_second)
-        if report.batches_failed:
-            codes = ", ".join(f"{code} x{n}" for code, n in sorted(report.failed_codes.items()))
-            others = report.batches_total - report.batches_failed - report.batches_not_sent
-            hint = ""
-            if KEY_CODES & set(report.failed_codes):
-                hint = (
-                    f" The partner refused the client's keys, so the other {report.batches_not_sent} batches were not "
-                    "sent: check that DATAHUB_KEYS_PATH is the keys.properties registered with the partner "
-                    "(its clientId, private key and grants)."
-                )
-            elif any(code.startswith("ENDPOINT_UNREACHABLE") for code in report.failed_codes):
-                hint = f" The partner endpoint {sdk.endpoint} was unreachable: nothing of these batches arrived."
-            raise dg.Failure(
-                description=(
-                    f"{report.batches_failed} of {report.batches_total} batches of range {range_key} ({day}) "
-                    f"did not succeed: {codes}."
-                    + (f" The other {others} are acknowledged." if others else "")
-                    + hint
-                    + " See the ledger for traceIds; a rerun sends only what is not acknowledged."
-                ),
-                metadata={**metadata, "failed_batch_numbers": dg.MetadataValue.json(sorted(report.failed_batches))},
+        if not report.batches_failed:
+            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=partition_key, metadata=metadata)
+            return None
+        # The counts of a range that failed stay in the event log, as an observation.
+        yield dg.AssetObservation(asset_key=context.asset_key, partition=partition_key, metadata=metadata)
+        codes = ", ".join(f"{code} x{n}" for code, n in sorted(report.failed_codes.items()))
+        others = report.batches_total - report.batches_failed - report.batches_not_sent
+        hint, stops_the_run = "", True
+        if KEY_CODES & set(report.failed_codes):
+            hint = (
+                f" The partner refused the client's keys, so the other {report.batches_not_sent} batches were not "
+                "sent: check that DATAHUB_KEYS_PATH is the keys.properties registered with the partner "
+                "(its clientId, private key and grants)."
             )
-        yield dg.MaterializeResult(metadata=metadata)
+        elif any(code.startswith("ENDPOINT_UNREACHABLE") for code in report.failed_codes):
+            hint = f" The partner endpoint {sdk.endpoint} was unreachable: nothing of these batches arrived."
+        else:
+            stops_the_run = False
+        description = (
+            f"{report.batches_failed} of {report.batches_total} batches of range {range_key} ({day}) "
+            f"did not succeed: {codes}."
+            + (f" The other {others} are acknowledged." if others else "")
+            + hint
+        )
+        return _RangeFailure(description, sorted(report.failed_batches), stops_the_run)
 
     return _uploaded
+
+
+@dataclass(frozen=True)
+class _RangeFailure:
+    description: str
+    batch_numbers: list[int]
+    stops_the_run: bool  # keys refused or the endpoint unreachable: the run's next ranges would fail alike
 
 
 def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: int, cap: float) -> dict[str, float]:
@@ -241,7 +273,7 @@ def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: in
 
 
 def _dry_run(
-    contract: Contract, day: str, range_key: str, batches: list[Batch], total_batches: int, ledger: Ledger,
+    contract: Contract, partition_key: str, day: str, range_key: str, batches: list[Batch], total_batches: int, ledger: Ledger,
     cap: float, context: dg.AssetExecutionContext,
 ) -> dg.AssetObservation:
     """The range checked and counted, and the day's ETA at the cap; nothing sent or written."""
@@ -271,4 +303,4 @@ def _dry_run(
         metadata["day_eta_at_cap_s"] = round(day_plan.duration_s, 1)
     if newer:
         metadata["refused_as_older_than"] = newer
-    return dg.AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=metadata)
+    return dg.AssetObservation(asset_key=context.asset_key, partition=partition_key, metadata=metadata)
