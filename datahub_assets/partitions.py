@@ -132,6 +132,14 @@ def upload_partition_key(day: str, range_key: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({DATE_DIM: day, RANGE_DIM: range_key})
 
 
+def block_partition_tags(day: str, first: str, last: str) -> dict[str, str]:
+    """The run tags that make a run cover ranges first..last of `day` (a partition range)."""
+    return {
+        PARTITION_RANGE_START_TAG: str(upload_partition_key(day, first)),
+        PARTITION_RANGE_END_TAG: str(upload_partition_key(day, last)),
+    }
+
+
 def split_upload_key(partitions_def: dg.MultiPartitionsDefinition, partition_key: str) -> tuple[str, str]:
     """(date, range key) of an uploaded partition; never parse the joined key by position."""
     keys = partitions_def.get_partition_key_from_str(partition_key).keys_by_dimension

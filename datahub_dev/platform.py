@@ -47,10 +47,9 @@ from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, Contract, load_contra
 from datahub_assets.lake import DataLake
 from datahub_assets.partitions import (
     BATCH_ROWS,
-    PARTITION_RANGE_END_TAG,
-    PARTITION_RANGE_START_TAG,
     Stage,
     asset_name,
+    block_partition_tags,
     business_date,
     previous_date,
     range_keys,
@@ -343,11 +342,7 @@ class Platform:
                 **{f"dagster/partition/{dim}": value for dim, value in key.keys_by_dimension.items()},
             }
         else:
-            targets = {
-                PARTITION_RANGE_START_TAG: str(upload_partition_key(day, first)),
-                PARTITION_RANGE_END_TAG: str(upload_partition_key(day, last)),
-                **run_tags(contract, day, block_label(first, last)),
-            }
+            targets = {**block_partition_tags(day, first, last), **run_tags(contract, day, block_label(first, last))}
         client = DagsterGraphQLClient("127.0.0.1", port_number=self.webserver_port)
         return client.submit_job_execution(
             ASSET_JOB,

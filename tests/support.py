@@ -26,7 +26,7 @@ from datahub_assets.contract import DEFAULT_CONTRACTS_DIR, load_contract, load_c
 from datahub_assets.definitions import build_dataset_assets
 from datahub_assets.extract.sources import LandingFiles, SourceDatabase
 from datahub_assets.lake import DataLake
-from datahub_assets.partitions import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG, range_keys, upload_partition_key
+from datahub_assets.partitions import block_partition_tags, range_keys, upload_partition_key
 from datahub_assets.resources import RESOURCE_ENV, build_resources, resource_environment
 from datahub_assets.upload.ledger import Ledger, LedgerEntry
 from datahub_assets.upload.resources import DeliveryDatabase, create_delivery_engine
@@ -172,10 +172,7 @@ class Day:
             resources=self.resources,
             instance=self.instance,
             raise_on_error=raise_on_error,
-            tags={
-                PARTITION_RANGE_START_TAG: str(self.partition_key(first)),
-                PARTITION_RANGE_END_TAG: str(self.partition_key(last)),
-            },
+            tags=block_partition_tags(self.day, first, last),
             run_config={"ops": {self.uploaded.op.name: {"config": {**FAST_RETRY, **(config or {})}}}},
         )
 

@@ -22,12 +22,7 @@ import dagster as dg
 from datahub_assets.contract import load_contracts
 from datahub_assets.definitions import build_dataset_assets
 from datahub_assets.resources import build_resources
-from datahub_assets.partitions import (
-    PARTITION_RANGE_END_TAG,
-    PARTITION_RANGE_START_TAG,
-    range_keys,
-    upload_partition_key,
-)
+from datahub_assets.partitions import block_partition_tags, range_keys, upload_partition_key
 
 
 def _resources_for(assets: list[dg.AssetsDefinition]) -> dict:
@@ -67,10 +62,7 @@ def main() -> int:
         targets = [{"partition_key": upload_partition_key(args.date, key)} for key in keys]
         if args.block:
             first, last = args.block.split("-")
-            targets.append({"tags": {
-                PARTITION_RANGE_START_TAG: str(upload_partition_key(args.date, first)),
-                PARTITION_RANGE_END_TAG: str(upload_partition_key(args.date, last)),
-            }})  # fmt: skip
+            targets.append({"tags": block_partition_tags(args.date, first, last)})
         for target in targets:
             result = dg.materialize(
                 [uploaded],

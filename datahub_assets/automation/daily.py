@@ -34,17 +34,15 @@ import dagster as dg
 
 from datahub_assets.contract import Contract
 from datahub_assets.partitions import (
-    PARTITION_RANGE_END_TAG,
-    PARTITION_RANGE_START_TAG,
     PARTNER_TZ_NAME,
     Stage,
     asset_key,
+    block_partition_tags,
     business_date,
     daily_partitions_def,
     is_current_day,
     range_blocks,
     split_upload_key,
-    upload_partition_key,
     upload_partitions_def,
 )
 
@@ -195,8 +193,7 @@ def build_upload_fan_out_sensor(contract: Contract, upload_job) -> dg.SensorDefi
                 dg.RunRequest(
                     run_key=f"{run.run_id}:{first}-{last}",
                     tags={
-                        PARTITION_RANGE_START_TAG: str(upload_partition_key(day, first)),
-                        PARTITION_RANGE_END_TAG: str(upload_partition_key(day, last)),
+                        **block_partition_tags(day, first, last),
                         **run_tags(contract, day, block_label(first, last)),
                         # Today's delivery leaves the run queue before anything else.
                         "dagster/priority": TODAY_PRIORITY if is_current_day(day) else "0",
