@@ -58,6 +58,8 @@ from datahub_dev.machines import is_upload_run
 from datahub_dev.platform import LOCATION, REPOSITORY, Platform, PlatformSpec, kill
 
 SOURCE_DB = "datahub_rehearsal"
+# The endpoint's counters and reconciliation over a whole day's 13 GB database take minutes.
+END_OF_DAY_TIMEOUT_S = 900
 TABLE, DATE_COLUMN = "user_profile", "snapshot_date"
 BAD_SHARE = 0.01
 CAP = 20
@@ -265,7 +267,7 @@ def reconcile(platform: Platform, day: str, chunk: int = 1_000_000) -> dict:
     ids = pl.read_parquet(DataLake(root=platform.env["DATAHUB_DATA_DIR"]).snapshot_path(contract.dataset, day), columns=["id"])["id"]
     missing = found = stored_total = 0
     for start in range(0, len(ids), chunk):
-        part = platform.endpoint.reconcile(contract.data_uuid, ids.slice(start, chunk).to_list())
+        part = platform.endpoint.reconcile(contract.data_uuid, ids.slice(start, chunk).to_list(), timeout_s=END_OF_DAY_TIMEOUT_S)
         missing += part["missing"]
         found += part["stored"]
         stored_total = part["stored"] + part["unexpected"]
@@ -344,6 +346,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
                 eta = forecast(platform, day)
                 if eta is not None:
                     first_forecast = (time.time(), eta)
+                    print(f"  forecast at the first progress tick: ETA {eta:%H:%M:%S} UTC", flush=True)
             if crash_at is not None and crashed is None and counts["acked"] >= crash_at:
                 crashed = crash_one_run(platform)
                 print(f"  crash: SIGKILL of the run worker of {crashed} at {counts['acked']:,} of {total:,} batches",
@@ -361,7 +364,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         counts = day_span(platform, day, tick_at)
         time.sleep(args.sensor_wait_s)  # the sensors tick once more over the finished day
         sensors = sensor_tick_seconds(platform)
-        stats = platform.endpoint.stats()
+        stats = platform.endpoint.stats(timeout_s=END_OF_DAY_TIMEOUT_S)
         watch.stop()  # the figures are the day's: reconciling below loads every id
         rec = reconcile(platform, day)
         upload_runs = [r.run_id for r in platform.runs() if is_upload_run(r)]

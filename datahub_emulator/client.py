@@ -55,11 +55,13 @@ class AdminClient:
             return self._call("GET", "/admin/faults")
         return self._call("POST", "/admin/faults", patch)
 
-    def stats(self) -> dict[str, Any]:
-        return self._call("GET", "/admin/stats")
+    def stats(self, timeout_s: float = ADMIN_TIMEOUT_S) -> dict[str, Any]:
+        """The counters; over a whole reference day (250,000 receipts, 25M stored rows)
+        they take minutes: give such a caller a longer timeout."""
+        return self._call("GET", "/admin/stats", timeout=timeout_s)
 
-    def reconcile(self, data_uuid: str, ids: Sequence[str]) -> dict[str, Any]:
-        return self._call("POST", "/admin/reconcile", {"dataUuid": data_uuid, "ids": list(ids)})
+    def reconcile(self, data_uuid: str, ids: Sequence[str], timeout_s: float = ADMIN_TIMEOUT_S) -> dict[str, Any]:
+        return self._call("POST", "/admin/reconcile", {"dataUuid": data_uuid, "ids": list(ids)}, timeout=timeout_s)
 
     def receipts(self, data_uuid: str, batches: Sequence[Sequence[str]]) -> list[list[dict[str, Any]]]:
         """For each batch (its ids in order), the receipts of its stored requests, oldest first."""
