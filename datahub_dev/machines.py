@@ -40,6 +40,7 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PREFIX = "datahub-m"
 LOCK_FILE = Path("/run/lock/datahub-machines.lock") if Path("/run/lock").is_dir() else Path("/tmp/datahub-machines.lock")
+POSTGRES_PORT = 5432
 # An upload run carries one of these: the fan-out's and the upload job's runs name their
 # range or block of ranges; a run from the asset page's Materialize button has only
 # Dagster's partition tag.
@@ -48,7 +49,6 @@ UPLOAD_RUN_TAGS = ("datahub/range", "dagster/partition/range")
 
 def is_upload_run(run: dg.DagsterRun) -> bool:
     return any(tag in run.tags for tag in UPLOAD_RUN_TAGS)
-POSTGRES_PORT = 5432
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
     python tests/worker.py CONTRACTS_DIR DATE [--prepare] [--ranges all|K,K] [--block K-L] [--config JSON]
 
 --prepare materializes the extract and the snapshot of DATE; --ranges then uploads the
-given batch ranges one run each, --block ranges K..L in one run (as the daily fan-out). Resources come from the DATAHUB_* environment
+given batch ranges one run each, and --block ranges K..L in one run (as the daily
+fan-out starts them). Resources come from the DATAHUB_* environment
 (datahub_assets/resources.py), as in production; the instance from DAGSTER_HOME, or an
 ephemeral one when it is unset. Exits 1 if any run failed. Prints nothing itself: the
 tests read its stdout and stderr for leaked values.
