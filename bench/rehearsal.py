@@ -54,6 +54,7 @@ from datahub_assets.monitoring.progress import read_day_progress
 from datahub_assets.partitions import PARTNER_TZ, Stage, asset_key, asset_name, batch_count, business_date
 from datahub_assets.sql import create_engine
 from datahub_assets.upload.ledger import Ledger, ledger_table
+from datahub_emulator.service import sliding_counts
 from datahub_dev.machines import is_upload_run
 from datahub_dev.platform import LOCATION, REPOSITORY, Platform, PlatformSpec, kill
 
@@ -284,12 +285,10 @@ def over_cap_seconds(endpoint_db: Path, cap: int) -> list[float]:
         stamps = [row[0] for row in db.execute("SELECT arrived_at FROM receipts ORDER BY arrived_at")]
     finally:
         db.close()
-    starts, first = [], 0
-    for last, stamp in enumerate(stamps):
-        while stamp - stamps[first] >= 1.0:
-            first += 1
-        if last - first + 1 > cap and (not starts or stamps[first] - starts[-1] >= 1.0):
-            starts.append(stamps[first])
+    starts: list[float] = []
+    for begin, count in sliding_counts(stamps):
+        if count > cap and (not starts or begin - starts[-1] >= 1.0):
+            starts.append(begin)
     return starts
 
 

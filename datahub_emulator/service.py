@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -166,12 +166,17 @@ class UploadService:
         }
 
 
-def max_in_window(sorted_times: Iterable[float], window_s: float = WINDOW_S) -> int:
-    """The most timestamps in any half-open window [t, t + window_s), as the throttle counts."""
+def sliding_counts(sorted_times: Iterable[float], window_s: float = WINDOW_S) -> Iterator[tuple[float, int]]:
+    """For each timestamp, the first one of the half-open window (t - window_s, t] ending
+    there, and how many the window holds, as the throttle counts."""
     times = list(sorted_times)
-    best, start = 0, 0
+    start = 0
     for end, t in enumerate(times):
         while t - times[start] >= window_s:
             start += 1
-        best = max(best, end - start + 1)
-    return best
+        yield times[start], end - start + 1
+
+
+def max_in_window(sorted_times: Iterable[float], window_s: float = WINDOW_S) -> int:
+    """The most timestamps in any sliding window of window_s."""
+    return max((count for _, count in sliding_counts(sorted_times, window_s)), default=0)
