@@ -184,6 +184,21 @@ def machine_cpu_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_quiet(max_s: float = 120.0, every_s: float = 5.0, busy_share: float = 0.25) -> float:
+    """Until the machine's cores are mostly idle (the platform's daemon, webserver and code
+    servers have loaded), at most max_s; returns the seconds waited. In production the
+    platform is up long before the schedule's tick, so the prepare run must not share the
+    cores with the platform's own start-up."""
+    began = time.monotonic()
+    cores = os.cpu_count() or 1
+    while time.monotonic() - began < max_s:
+        before = machine_cpu_s()
+        time.sleep(every_s)
+        if (machine_cpu_s() - before) / (every_s * cores) < busy_share:
+            break
+    return time.monotonic() - began
+
+
 # --------------------------------------------------------------------------------- the day
 
 
@@ -321,6 +336,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
             "postgresql+psycopg2", username=platform.env["DAGSTER_PG_USER"], host=platform.env["DAGSTER_PG_HOST"],
             port=int(platform.env["DAGSTER_PG_PORT"]), database=platform.env["DAGSTER_PG_DB"],
         ).render_as_string(hide_password=False)  # fmt: skip
+        print(f"  the platform settled in {wait_for_quiet():.0f} s; the tick", flush=True)
         watch.phase = "prepare"
         tick_at = time.time()
         prepare_run = schedule_tick(platform, day)
