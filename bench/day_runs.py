@@ -6,7 +6,7 @@ instance storage with the repository's dagster.yaml, the daemon and the webserve
 local endpoint at the partner's cap with 150 +- 50 ms latency). Runs are submitted to the
 run queue as the fan-out sensor and a backfill submit them, with their tags.
 
-Phase `backfill`, 4 upload slots:
+Phase `backfill`, 4 runs of today and the upload pool as production sizes it (one more slot, for the backfill):
 - today alone: today's ranges (dagster/priority 10) on an idle platform;
 - today next to a backfill: every range of the `--backfill-days` dates before today,
   tagged as a backfill's runs, is submitted first; once a backfill run is sending, today's
@@ -15,7 +15,7 @@ Phase `backfill`, 4 upload slots:
 A span runs from the first submission of today's runs to today's last acknowledgement.
 
 Phase `day`: one date cut into `--day-ranges` ranges, sent twice on one platform: in one run per
-range (the baseline), then in the fan-out's runs (one per upload pool slot, each a block
+range (the baseline), then in the fan-out's 4 runs (each a block
 of ranges). Whole-day cap use = batches / (last acknowledgement - first send) /
 cap (target >= 0.95), with the per-run overhead (queue, launch, resources, JVM, first call).
 
@@ -133,7 +133,7 @@ def _range_batches(platform: Platform, run) -> tuple[str, int, int]:  # noqa: AN
 
 def backfill_phase(args: argparse.Namespace, root: Path) -> list[Result]:
     spec = PlatformSpec(
-        rows=args.rows_per_day, ranges=args.ranges, cap=CAP, upload_pool=4, earlier_days=args.backfill_days, seed=11
+        rows=args.rows_per_day, ranges=args.ranges, cap=CAP, upload_runs=4, earlier_days=args.backfill_days, seed=11
     )
     with Platform(root / "backfill", spec) as platform:
         platform.endpoint.faults(latency_ms=LATENCY)
@@ -188,9 +188,9 @@ def backfill_phase(args: argparse.Namespace, root: Path) -> list[Result]:
 
 
 def day_phase(args: argparse.Namespace, root: Path) -> list[Result]:
-    """The day's ranges as the fan-out sends them (one run per pool slot, each a block of
+    """The day's ranges as the fan-out sends them (4 runs, each a block of
     ranges) against one run per range, on the same platform, one after the other."""
-    spec = PlatformSpec(rows=args.day_rows, ranges=args.day_ranges, cap=CAP, upload_pool=4, seed=12)
+    spec = PlatformSpec(rows=args.day_rows, ranges=args.day_ranges, cap=CAP, upload_runs=4, seed=12)
     figures = []  # (span, overheads, runs) of the baseline, then of the fan-out's blocks
     with Platform(root / "day", spec) as platform:
         platform.endpoint.faults(latency_ms=LATENCY)

@@ -323,7 +323,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
     cap = CAP * args.speedup
     source_url = ensure_source(args.database, args.rows, day)
     spec = PlatformSpec(
-        rows=args.rows, ranges=args.ranges, day=day, cap=cap, limiter_cap=cap, upload_pool=args.upload_pool,
+        rows=args.rows, ranges=args.ranges, day=day, cap=cap, limiter_cap=cap, upload_runs=args.upload_runs,
         source_url=source_url, machines=args.machines,
     )  # fmt: skip
     watch = ProcessWatch()
@@ -460,7 +460,7 @@ def main() -> None:
     parser.add_argument("--ranges", type=int, default=32)
     parser.add_argument("--machines", type=int, default=4, help="simulated machines (network namespaces)")
     parser.add_argument("--speedup", type=int, default=4, help="the caps (endpoint and limiter) are 20 x this")
-    parser.add_argument("--upload-pool", type=int, default=4)
+    parser.add_argument("--upload-runs", type=int, default=4, help="the fan-out's upload runs per date")
     parser.add_argument("--crash", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--day", default=business_date(), help="the business date (default: the one due today)")
     parser.add_argument("--database", default=SOURCE_DB)

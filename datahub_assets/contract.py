@@ -189,7 +189,7 @@ class _ContractFile(_Strict):
     start_date: date = date(2026, 1, 1)
     batch_ranges: int = Field(default=32, ge=1, le=1000, strict=True)
     # The fan-out sends a date's ranges in this many runs, each a contiguous block of
-    # ranges with one JVM: one run per upload pool slot (dagster.yaml's default_limit).
+    # ranges with one JVM. dagster.yaml's upload pool holds these plus the backfill run.
     upload_runs: int = Field(default=4, ge=1, le=1000, strict=True)
     max_reject_share: float = Field(default=0.05, ge=0, le=1)
     max_row_count_change: float = Field(default=0.5, ge=0)

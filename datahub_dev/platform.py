@@ -106,7 +106,7 @@ class PlatformSpec:
     earlier_days: int = 0  # also prepared: this many dates before `day` (for backfills)
     contracts: Sequence[Path] = (DEFAULT_CONTRACTS_DIR / "user_profile.yaml",)
     cap: int | None = None  # the endpoint's cap in batches/s (None: its default, 20)
-    upload_pool: int = 4  # upload runs at once (the `datahub_upload` pool)
+    upload_runs: int = 4  # the fan-out's upload runs per date (the contract's upload_runs)
     webhook_url: str = ""  # where alerts go (empty: nowhere)
     seed: int = 7
     # A PostgreSQL source holding the days' rows already. The days are then prepared by
@@ -204,7 +204,7 @@ class Platform:
         for path in self.spec.contracts:
             raw = yaml.safe_load(Path(path).read_text())
             raw["batch_ranges"] = self.spec.ranges
-            raw["upload_runs"] = self.spec.upload_pool  # the fan-out's runs, one per pool slot
+            raw["upload_runs"] = self.spec.upload_runs
             (self.contracts_dir / Path(path).name).write_text(yaml.safe_dump(raw, sort_keys=False))
         (self.root / "definitions.py").write_text(_DEFINITIONS_PY.format(cap=float(self.limiter_cap)))
         workspace = {"load_from": [{"python_file": {"relative_path": "definitions.py", "location_name": LOCATION}}]}
@@ -245,9 +245,10 @@ class Platform:
         }
 
     def _write_instance(self) -> None:
-        """The production instance configuration, with this platform's pool size."""
+        """The production instance configuration, with an upload pool sized as production's
+        is: the fan-out's runs of a date, plus the backfill runs the queue lets through."""
         config = yaml.safe_load(PRODUCTION_INSTANCE_YAML.read_text())
-        config["concurrency"]["pools"]["default_limit"] = self.spec.upload_pool
+        config["concurrency"]["pools"]["default_limit"] = self.spec.upload_runs + backfill_run_limit(config)
         if self.machines:
             config["run_launcher"] = {
                 "module": "datahub_dev.machines",
@@ -520,6 +521,12 @@ class AlertReceiver:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def backfill_run_limit(instance_config: dict) -> int:
+    """The backfill runs the run queue lets run at once (`dagster/backfill` in its tag limits)."""
+    limits = instance_config["concurrency"]["runs"]["tag_concurrency_limits"]
+    return next(t["limit"] for t in limits if t["key"] == "dagster/backfill")
 
 
 def _free_port() -> int:

@@ -16,12 +16,13 @@ Why a schedule plus a fan-out sensor:
 - The fan-out waits for the snapshot run to *succeed*. A snapshot whose blocking
   reject-share check failed is materialized but its run fails, so it never reaches the
   partner.
-- A date's ranges go in `upload_runs` runs (one per upload pool slot), each a contiguous
-  block of ranges under a run key, so a repeated tick never starts a range twice. A run
-  pays its start-up (queue, launch, resources, JVM, first call: 10-25 s) once for its
-  block, and the runs never stop together to start the next wave, which left the cap
-  idle at each change when every range was its own run. A range stays its own partition:
-  the unit a rerun, a lease and the UI work on (docs/performance.md, "Upload runs").
+- A date's ranges go in `upload_runs` runs (the upload pool holds them and a backfill
+  run), each a contiguous block of ranges under a run key, so a repeated tick never
+  starts a range twice. A run pays its start-up (queue, launch, resources, JVM, first
+  call: 10-25 s) once for its block, and the runs never stop together to start the next
+  wave, which left the cap idle at each change when every range was its own run. A
+  range stays its own partition: the unit a rerun, a lease and the UI work on
+  (docs/performance.md, "Upload runs").
 - Declarative automation (`AutomationCondition.eager()` on the uploaded asset) would fan
   out too, but it fires on every snapshot update, including hand runs and backfills, and
   the timetable would hide in a condition. Here the start time is one readable cron, and
