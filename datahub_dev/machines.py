@@ -74,6 +74,13 @@ def _ip(*args: str) -> None:
 
 
 def _remove(machine: Machine) -> None:
+    # What still runs inside goes with the machine: the run workers and step processes
+    # of an interrupted rehearsal would otherwise outlive it, sending from a namespace
+    # that no longer has a name.
+    inside = subprocess.run(["ip", "netns", "pids", machine.namespace], capture_output=True, text=True).stdout
+    for pid in inside.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     # Deleting the namespace deletes its end of the veth pair, and with it the host's end.
     subprocess.run(["ip", "netns", "delete", machine.namespace], capture_output=True)
     subprocess.run(["ip", "link", "delete", f"dhm{machine.index}h"], capture_output=True)
