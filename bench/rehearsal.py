@@ -356,7 +356,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         while True:
             counts = day_span(platform, day, tick_at)
             if cpu_start is None and counts["acked"]:
-                cpu_start = (machine_cpu_s(), counts["acked"])
+                cpu_start = (machine_cpu_s(), counts["acked"], time.monotonic())
             if first_forecast is None and counts["acked"] and time.time() >= counts["first_send"] + PROGRESS_TICK_S:
                 eta = forecast(platform, day)
                 if eta is not None:
@@ -374,7 +374,7 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
                 last_print = time.monotonic()
                 print(f"  {counts['acked']:,} of {total:,} acknowledged; {benchlib.machine_facts()}", flush=True)
             time.sleep(2)
-        cpu_end = (machine_cpu_s(), day_span(platform, day, tick_at)["acked"])
+        cpu_end = (machine_cpu_s(), day_span(platform, day, tick_at)["acked"], time.monotonic())
         proof_at = time.time()
         counts = day_span(platform, day, tick_at)
         time.sleep(args.sensor_wait_s)  # the sensors tick once more over the finished day
@@ -402,7 +402,10 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
     upload_s = counts["last_ack"] - counts["first_send"]
     use = counts["acked"] / upload_s / cap
     wall = counts["last_ack"] - tick_at
-    cpu_ms = 1000 * (cpu_end[0] - cpu_start[0]) / max(cpu_end[1] - cpu_start[1], 1) if cpu_start else float("nan")
+    cpu_ms, busy = float("nan"), float("nan")
+    if cpu_start:
+        cpu_ms = 1000 * (cpu_end[0] - cpu_start[0]) / max(cpu_end[1] - cpu_start[1], 1)
+        busy = (cpu_end[0] - cpu_start[0]) / max(cpu_end[2] - cpu_start[2], 1e-9) / (os.cpu_count() or 1)
     prepare_rss = max((v for k, v in watch.peak_mb.items() if "(prepare)" in k), default=0.0)
     contract = platform.contract()
     extract_s = steps.get(asset_name(contract, Stage.EXTRACT), float("nan"))
@@ -445,7 +448,8 @@ def rehearse(args: argparse.Namespace) -> list[Result]:
         Result("slowest sensor tick at the end of the day", slowest_sensor, None, "s",
                target=f"< {TARGETS['sensor_tick_s']}", note=", ".join(f"{k} {v:.2f}" for k, v in sorted(sensors.items()))),
         Result("machine CPU per batch, upload phase", cpu_ms, None, "ms",
-               note="busy CPU of the whole machine (stack, Postgres, relays) / batches acknowledged meanwhile"),
+               note="busy CPU of the whole machine (stack, Postgres, relays) / batches acknowledged meanwhile; the "
+               f"cores were {busy:.0%} busy (near 100 %, the machine, not the cap, set the upload rate)"),
         Result("ledger after the day", ledger_bytes / 2**20, None, "MB", note=f"{ledger_rows:,} rows"),
         Result("event log after the day", event_bytes / 2**20, None, "MB", note=f"{event_rows:,} rows"),
         *[Result(f"peak RSS, {kind}", mb, None, "MB") for kind, mb in sorted(watch.peak_mb.items())],
