@@ -38,13 +38,14 @@ def test_ledger_records_attempts_and_results(delivery_engine):
 def _slots(
     limiter: RateLimiter, threads: int, per_thread: int, priority: bool, out: list[float]
 ) -> None:
+    """Every slot the threads were granted, as the limiter granted it (database clock)."""
     lock = threading.Lock()
 
     def worker():
         for _ in range(per_thread):
-            limiter.acquire(priority=priority)
+            slot = limiter.acquire(priority=priority)
             with lock:
-                out.append(time.time())
+                out.append(slot)
 
     ts = [threading.Thread(target=worker) for _ in range(threads)]
     for t in ts:
@@ -58,7 +59,12 @@ def test_limiter_holds_the_cap_in_every_sliding_second(delivery_engine):
     grants: list[float] = []
     _slots(limiter, threads=8, per_thread=8, priority=True, out=grants)
     assert len(grants) == 64
-    assert max_in_window(sorted(grants)) <= 20  # how much of the cap it uses is measured in bench/cap_use.py
+    # The guarantee is the slots' spacing, on the database's clock. When a woken thread
+    # gets the CPU back is the machine's: a clock read after acquire() returns can bunch
+    # under load. How much of the cap it uses is measured in bench/cap_use.py.
+    gaps = [b - a for a, b in zip(sorted(grants), sorted(grants)[1:])]
+    assert min(gaps) >= limiter.interval - 1e-6
+    assert max_in_window(sorted(grants)) <= 20
 
 
 def _next_slot_and_now(engine: sa.Engine, name: str) -> tuple[float, float]:

@@ -89,17 +89,18 @@ class RateLimiter:
         step = sa.bindparam("step", type_=sa.Float)
         paid = t.c.slowdown / CREEP_BACK
         slot = sa.case((t.c.next_slot > now, t.c.next_slot), else_=now)
+        granted = (t.c.next_slot - step - paid).label("slot")  # the slot's start, as updated
         self._reserve = (
             sa.update(t)
             .where(t.c.name == name)
             .values(next_slot=slot + step + t.c.slowdown, slowdown=t.c.slowdown * CREEP_BACK)
-            .returning((t.c.next_slot - step - paid - now).label("wait"), t.c.next_slot)
+            .returning((t.c.next_slot - step - paid - now).label("wait"), t.c.next_slot, granted)
         )
         self._take_if_free = (
             sa.update(t)
             .where(t.c.name == name, t.c.next_slot <= now)
             .values(next_slot=now + step + t.c.slowdown, slowdown=t.c.slowdown * CREEP_BACK)
-            .returning(sa.literal(0.0, sa.Float).label("wait"), t.c.next_slot)
+            .returning(sa.literal(0.0, sa.Float).label("wait"), t.c.next_slot, granted)
         )
         self._release_hold = (
             sa.update(t)
@@ -117,8 +118,9 @@ class RateLimiter:
             )
         )
 
-    def _take(self, priority: bool, step: float) -> float:
-        """Take a slot; sleep until it; return the limiter's next_slot as left by us.
+    def _take(self, priority: bool, step: float) -> sa.Row:
+        """Take a slot; sleep until it; return the limiter's row as left by us (`slot`: the
+        slot's start; `next_slot`: where it left the next one).
 
         The wait is counted from just before the statement (the database measures it
         from the statement's start), so the commit's round trip is not slept on top of it.
@@ -146,16 +148,17 @@ class RateLimiter:
             if row.wait <= 0 or late <= self.late_tolerance:
                 break
             self.late_retakes += 1
-        return row.next_slot
+        return row
 
-    def acquire(self, priority: bool, late_by_s: float = 0.0) -> None:
-        """Block until the caller holds a slot.
+    def acquire(self, priority: bool, late_by_s: float = 0.0) -> float:
+        """Block until the caller holds a slot; return its start (epoch seconds, the
+        database's clock). Slots start at least `interval` apart, on every machine.
 
         late_by_s: how much later than usual the caller expects its request to leave
         after the slot (a cold JVM still compiling the SDK's code). The next slot comes
         that much later too, so the late request cannot bunch up with the next ones.
         """
-        self._take(priority, self.interval + max(late_by_s, 0.0))
+        return self._take(priority, self.interval + max(late_by_s, 0.0)).slot
 
     @contextmanager
     def exclusive(self, priority: bool, max_hold_s: float = 2.0) -> Iterator[None]:
@@ -165,7 +168,7 @@ class RateLimiter:
         cold JVM (class loading, JIT: hundreds of ms): in a normal slot it would arrive
         late, among later slots' requests, and push that second over the cap.
         """
-        held = self._take(priority, max_hold_s)
+        held = self._take(priority, max_hold_s).next_slot
         try:
             yield
         finally:
