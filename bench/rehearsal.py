@@ -18,10 +18,10 @@ One tick of the daily schedule, evaluated for the business date (`--day`, defaul
 delivery due today) and submitted to the run queue as the daemon submits it, starts the
 day: extract + snapshot, then the fan-out sensor queues the date's upload runs (4 by
 default, each a block of ranges). With `--crash`, one upload run's worker is SIGKILLed
-at a random moment; the day must finish without anyone. The script waits for the proof of delivery, reconciles the endpoint
-against the snapshot, and prints the report; a row missing or unexpected at the endpoint
-makes it exit non-zero (so does a day that does not finish). It kills only processes it
-started.
+at a random moment; the day must finish without anyone. The script waits for the proof
+of delivery, reconciles the endpoint against the snapshot, and prints the report; a row
+missing or unexpected at the endpoint makes it exit non-zero (so does a day that does
+not finish). It kills only processes it started.
 
     .venv/bin/python bench/rehearsal.py                      # 25M rows, 4x, 4 machines, a crash
     .venv/bin/python bench/rehearsal.py --machines 2 --rows 2000000
