@@ -146,6 +146,7 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         "throttled_share": throttled / requests if requests else 0.0,
         "max_sliding": stats["max_admitted_per_sliding_second"],
         "max_arrived": stats["max_arrived_per_sliding_second"],
+        "over_cap_bursts_s": stats["over_cap_bursts_s"],
         "load_1min": os.getloadavg()[0],
         "seconds_with_arrivals": len(per_second),
         "client_cpu_ms_per_batch": 1000 * sum(r["cpu_s"] for r in results) / max(sent, 1),
@@ -167,6 +168,7 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         f"({summary['rate_over_cap']:.4f} of cap); requests {requests}, throttled {throttled}, "
         f"retries {summary['retries']}, failed {summary['batches_failed']}, "
         f"max per sliding second: arrived {summary['max_arrived']}, admitted {summary['max_sliding']}; "
+        f"bursts over the cap began {summary['over_cap_bursts_s']} s after the first arrival; "
         f"load {summary['load_1min']:.2f}, "
         f"client CPU {summary['client_cpu_ms_per_batch']:.2f} ms/batch, late wake-ups re-queued "
         f"{summary['late_retakes']}, cold first call (warm-up, not timed) {summary['cold_first_call_s']}; "

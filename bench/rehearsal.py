@@ -54,7 +54,8 @@ from datahub_assets.monitoring.progress import read_day_progress
 from datahub_assets.partitions import PARTNER_TZ, Stage, asset_key, asset_name, batch_count, business_date
 from datahub_assets.sql import create_engine
 from datahub_assets.upload.ledger import Ledger, ledger_table
-from datahub_emulator.service import sliding_counts
+from datahub_assets.upload.limiter import DEFAULT_HEADROOM
+from datahub_emulator.service import over_cap_starts
 from datahub_dev.machines import is_upload_run
 from datahub_dev.platform import LOCATION, REPOSITORY, Platform, PlatformSpec, kill
 
@@ -237,7 +238,8 @@ def forecast(platform: Platform, day: str) -> datetime | None:
     contract = platform.contract()
     progress = read_day_progress(
         platform.instance, contract, day, datetime.now(timezone.utc),  # type: ignore[arg-type]
-        ledger=Ledger(platform.delivery_engine), lake=DataLake(root=platform.env["DATAHUB_DATA_DIR"]), cap=platform.limiter_cap,
+        ledger=Ledger(platform.delivery_engine), lake=DataLake(root=platform.env["DATAHUB_DATA_DIR"]),
+        cap=platform.limiter_cap, limiter_rate=platform.limiter_cap * DEFAULT_HEADROOM,
     )  # fmt: skip
     if not progress.started or not progress.remaining_batches:
         return None
@@ -300,11 +302,7 @@ def over_cap_seconds(endpoint_db: Path, cap: int) -> list[float]:
         stamps = [row[0] for row in db.execute("SELECT arrived_at FROM receipts ORDER BY arrived_at")]
     finally:
         db.close()
-    starts: list[float] = []
-    for begin, count in sliding_counts(stamps):
-        if count > cap and (not starts or begin - starts[-1] >= 1.0):
-            starts.append(begin)
-    return starts
+    return over_cap_starts(stamps, cap)
 
 
 def table_sizes(url: str, table: str) -> tuple[int, int]:

@@ -58,3 +58,34 @@ def plan(
     eta = start + timedelta(seconds=duration) if math.isfinite(duration) else datetime.max.replace(tzinfo=PARTNER_TZ)
     slack = (deadline - eta).total_seconds() if math.isfinite(duration) else -math.inf
     return Plan(batches, machines, per_machine, total, duration, eta, deadline, slack)
+
+
+# A day's first minute and a half: its upload runs start one after another, their JVMs
+# warm up, and each run's first call goes alone. What is acknowledged meanwhile is a
+# start-up transient, far below the rate the day then holds (docs/rehearsal.md), so the
+# measured rate starts after RAMP_UP_S, and is used once it spans MEASURED_SPAN_S.
+RAMP_UP_S = 60.0
+MEASURED_SPAN_S = 30.0
+# An acknowledgement this recent: the day is sending, not stalled.
+SENDING_WITHIN_S = 10.0
+
+
+def measured_since(first_acked: float, now: float) -> float:
+    """Where the measured rate of a day first acknowledged at `first_acked` starts."""
+    return first_acked + RAMP_UP_S if now - first_acked >= RAMP_UP_S + MEASURED_SPAN_S else first_acked
+
+
+def rate_to_plan(*, now: float, acked_span: tuple[float, float] | None, measured_rate: float, limiter_rate: float) -> float:
+    """The rate the rest of a day is planned at (epoch seconds throughout).
+
+    Before the first acknowledgement, and through the ramp-up while acknowledgements
+    come in: the limiter's rate (cap x headroom), the best the day can do and what a
+    day holds once its runs are sending. After the ramp-up, or once acknowledgements
+    stop: the measured rate, which a stall drives toward 0. It is never replaced by the
+    cap: a stalled day is not "on course".
+    """
+    if acked_span is None:
+        return limiter_rate
+    first, last = acked_span
+    ramping_up = now - first < RAMP_UP_S + MEASURED_SPAN_S
+    return limiter_rate if ramping_up and now - last <= SENDING_WITHIN_S else measured_rate

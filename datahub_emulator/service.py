@@ -161,7 +161,9 @@ class UploadService:
             "max_admitted_per_sliding_second": max_in_window(store.admitted_times()),
             # Every request that arrived counts here, THROTTLED ones too: what a client
             # that keeps to the cap must hold at or below it.
-            "max_arrived_per_sliding_second": max_in_window(store.arrival_times()),
+            "max_arrived_per_sliding_second": max_in_window(arrivals := list(store.arrival_times())),
+            # Where the bursts over the cap began, in seconds after the first arrival.
+            "over_cap_bursts_s": [round(t - arrivals[0], 2) for t in over_cap_starts(arrivals, self.injector.config.cap)],
             "cap": self.injector.config.cap,
         }
 
@@ -175,6 +177,16 @@ def sliding_counts(sorted_times: Iterable[float], window_s: float = WINDOW_S) ->
         while t - times[start] >= window_s:
             start += 1
         yield times[start], end - start + 1
+
+
+def over_cap_starts(sorted_times: Iterable[float], cap: float, window_s: float = WINDOW_S) -> list[float]:
+    """Where sliding windows holding more than `cap` timestamps begin, one per burst
+    (windows that begin within window_s of a burst's start belong to it)."""
+    starts: list[float] = []
+    for begin, count in sliding_counts(sorted_times, window_s):
+        if count > cap and (not starts or begin - starts[-1] >= window_s):
+            starts.append(begin)
+    return starts
 
 
 def max_in_window(sorted_times: Iterable[float], window_s: float = WINDOW_S) -> int:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from datetime import time as clock_time
 from pathlib import Path
 
@@ -229,6 +229,31 @@ def test_at_nine_with_forty_percent_left_the_measured_rate_decides_at_risk(
     # What would save the day: 400 batches in the 3,600 s left, which the cap allows.
     assert meta["rate_needed_batches_per_s"] == pytest.approx(400 / 3600, rel=0.01)
     assert "0.11 batches/s would finish by 10:00 and the cap (20/s) allows it: e.g. N·M = 1 x 0.11" in alert["text"]
+
+
+@pytest.mark.parametrize(
+    ("seconds_since_last_ack", "at_risk"),
+    # 50 batches acknowledged over 10 s of start-up (5/s), 950 left, 180 s to the deadline:
+    # at the start-up's 5/s they take 190 s; at the limiter's 19.6/s, 48 s.
+    [(0.0, False), (15.0, True)],
+)
+def test_in_the_first_minute_a_sending_day_is_planned_at_the_limiters_rate_and_a_silent_one_at_its_own(
+    platform: Platform, receiver: Receiver, seconds_since_last_ack: float, at_risk: bool
+):
+    platform.write_snapshot(DAY, DAY_ROWS)
+    platform.record(DAY, range(50))
+    now = on_due_day(9, 57)
+    platform.pace_acks(DAY, 0.2, until=now - timedelta(seconds=seconds_since_last_ack))
+
+    (evaluation,) = platform.tick(AT_RISK, now).asset_events
+
+    assert evaluation.passed is not at_risk
+    if at_risk:
+        meta = {k: v.value for k, v in evaluation.metadata.items()}
+        assert meta["rate_batches_per_s"] < 5  # the measured rate, falling since the acknowledgements stopped
+        assert [a["state"] for a in receiver.webhook_alerts()] == ["at_risk"]
+    else:
+        assert receiver.posts == []
 
 
 def test_after_ten_an_incomplete_date_is_late_and_alerted_once(platform: Platform, receiver: Receiver):

@@ -24,7 +24,7 @@ from datahub_assets.partitions import (
     upload_partition_key,
     upload_partitions_def,
 )
-from datahub_assets.planning import Plan, plan
+from datahub_assets.planning import Plan, measured_since, plan, rate_to_plan
 from datahub_assets.upload.batches import snapshot_row_count
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.outcome import BatchStatus
@@ -43,9 +43,11 @@ class DayProgress:
     total_batches: int | None  # None: no snapshot yet, and none the day before either
     total_is_estimate: bool  # no snapshot yet: the day before's count stands in
     acked_batches: int  # acknowledged S in the ledger
-    measured_rate: float  # batches/s acknowledged over the last minutes; 0 when they stopped
+    measured_rate: float  # batches/s acknowledged over the last minutes, after the ramp-up; 0 when they stopped
+    first_acked_at: datetime | None  # the first acknowledgement; None before any
     last_acked_at: datetime | None  # the latest acknowledgement; None before any
     cap: float
+    limiter_rate: float  # the rate the limiter gives out: the cap x its headroom
     superseded_by: str | None = None  # a newer date already (partly) delivered: this one will not be sent
 
     @property
@@ -73,14 +75,14 @@ class DayProgress:
         return no_snapshot and not self.started and not self.materialized and not self.runs_failed
 
     def outlook(self, now: datetime) -> Plan:
-        """The planner's view from `now`: at the measured rate once sending has begun (a
-        stall gives no ETA at all), at the cap before (the best the day can still do)."""
+        """The planner's view from `now`: at the limiter's rate before sending and through
+        the ramp-up, at the measured rate after it (a stall gives no ETA at all)."""
+        span = None
+        if self.first_acked_at is not None and self.last_acked_at is not None:
+            span = (self.first_acked_at.timestamp(), self.last_acked_at.timestamp())
+        rate = rate_to_plan(now=now.timestamp(), acked_span=span, measured_rate=self.measured_rate, limiter_rate=self.limiter_rate)
         return plan(
-            batches=self.remaining_batches or 0,
-            cap=self.cap,
-            start=now,
-            deadline=deadline_for(self.day),
-            measured_rate=self.measured_rate if self.started else self.cap,
+            batches=self.remaining_batches or 0, cap=self.cap, start=now, deadline=deadline_for(self.day), measured_rate=rate
         )
 
     def needed_rate(self, now: datetime) -> float:
@@ -107,7 +109,8 @@ def _day_batches(lake: DataLake, dataset: str, day: str) -> int | None:
 
 
 def read_day_progress(
-    instance: dg.DagsterInstance, contract: Contract, day: str, now: datetime, *, ledger: Ledger, lake: DataLake, cap: float
+    instance: dg.DagsterInstance, contract: Contract, day: str, now: datetime, *,
+    ledger: Ledger, lake: DataLake, cap: float, limiter_rate: float,
 ) -> DayProgress:
     keys = tuple(range_keys(contract.batch_ranges))
     key_of = {upload_partition_key(day, k): k for k in keys}
@@ -116,7 +119,7 @@ def read_day_progress(
         or {}
     )
     counts = ledger.status_counts(contract.data_uuid, day)
-    last = ledger.last_acked_at(contract.data_uuid, day)
+    span = ledger.acked_span(contract.data_uuid, day)
     total = _day_batches(lake, contract.dataset, day)
     estimate = None
     if total is None:
@@ -134,9 +137,13 @@ def read_day_progress(
         total_batches=total if total is not None else estimate,
         total_is_estimate=total is None and estimate is not None,
         acked_batches=counts.get(BatchStatus.SUCCESS, 0),
-        measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp()),
-        last_acked_at=datetime.fromtimestamp(last, tz=timezone.utc) if last is not None else None,
+        measured_rate=ledger.acked_rate(
+            contract.data_uuid, day, now=now.timestamp(), since=measured_since(span[0], now.timestamp()) if span else None
+        ),
+        first_acked_at=datetime.fromtimestamp(span[0], tz=timezone.utc) if span else None,
+        last_acked_at=datetime.fromtimestamp(span[1], tz=timezone.utc) if span else None,
         cap=cap,
+        limiter_rate=limiter_rate,
         superseded_by=ledger.newer_delivered_day(contract.data_uuid, day),
     )
 
@@ -154,7 +161,9 @@ def read_watched_days(
 ) -> list[DayProgress]:
     ledger = delivery_db.ledger()
     return [
-        read_day_progress(instance, contract, day, now, ledger=ledger, lake=lake, cap=delivery_db.cap_per_second)
+        read_day_progress(
+            instance, contract, day, now, ledger=ledger, lake=lake, cap=delivery_db.cap_per_second, limiter_rate=delivery_db.limiter_rate
+        )
         for day in watched_days(contract, now, lookback_days)
     ]
 

@@ -30,7 +30,7 @@ from datahub_assets.partitions import (
     split_upload_key,
     upload_partitions_def,
 )
-from datahub_assets.planning import plan
+from datahub_assets.planning import measured_since, plan, rate_to_plan
 from datahub_assets.upload.batches import Batch, batch_problems, read_batches, snapshot_row_count
 from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lease
 from datahub_assets.upload.ledger import Ledger
@@ -236,7 +236,7 @@ def build_uploaded_asset(contract: Contract, snapshot: dg.AssetsDefinition) -> d
         }
         if report.rows_sent:  # a rerun that only skips has no rate
             metadata["rows_per_s"] = round(report.rows_per_s, 1)
-        metadata |= _day_outlook(ledger, contract, day, total_batches, delivery_db.cap_per_second)
+        metadata |= _day_outlook(ledger, contract, day, total_batches, delivery_db)
         if not report.batches_failed:
             yield dg.AssetMaterialization(asset_key=context.asset_key, partition=partition_key, metadata=metadata)
             return None
@@ -312,17 +312,20 @@ class _RangeFailure:
     stops_the_run: bool  # keys refused or the endpoint unreachable: the run's next ranges would fail alike
 
 
-def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: int, cap: float) -> dict[str, float]:
-    """The day's outlook from the whole ledger (every range, every machine) at its measured
-    rate: the same arithmetic as the planner CLI and the at-risk sensor. The ETA only while
-    batches remain, and the slack only for the delivery due today: a backfilled date's
-    deadline passed long before it was sent."""
+def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: int, delivery_db: DeliveryDatabase) -> dict[str, float]:
+    """The day's outlook from the whole ledger (every range, every machine) at the rate the
+    at-risk sensor plans it at (`rate_to_plan`). The ETA only while batches remain, and the
+    slack only for the delivery due today: a backfilled date's deadline passed long before
+    it was sent."""
     remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
     outlook = {"day_batches_total": total_batches, "day_batches_remaining": remaining}
     if remaining:
+        now, span = time.time(), ledger.acked_span(contract.data_uuid, day)
+        measured = ledger.acked_rate(contract.data_uuid, day, now=now, since=measured_since(span[0], now) if span else None)
         day_plan = plan(
-            batches=remaining, cap=cap, start=datetime.now(timezone.utc), deadline=deadline_for(day),
-            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=time.time()) or cap,
+            batches=remaining, cap=delivery_db.cap_per_second, start=datetime.fromtimestamp(now, timezone.utc),
+            deadline=deadline_for(day),
+            measured_rate=rate_to_plan(now=now, acked_span=span, measured_rate=measured, limiter_rate=delivery_db.limiter_rate),
         )
         outlook["day_eta_s"] = round(day_plan.duration_s, 1)
         if is_current_day(day):

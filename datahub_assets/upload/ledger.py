@@ -178,14 +178,15 @@ class Ledger:
         with self._engine.connect() as conn:
             return conn.execute(query).scalar()
 
-    def acked_rate(self, data_uuid: str, day: str, now: float, window_s: float = 300.0) -> float:
+    def acked_rate(self, data_uuid: str, day: str, now: float, since: float | None = None, window_s: float = 300.0) -> float:
         """Batches acknowledged per second over the window before `now` (epoch seconds, the
-        caller's clock): the measured rate. Acknowledgements that stopped show as a rate
-        falling to 0, never as "nothing measured"."""
+        caller's clock), starting no earlier than `since`: the measured rate.
+        Acknowledgements that stopped show as a rate falling to 0, never as "nothing measured"."""
+        start = now - window_s if since is None else max(now - window_s, since)
         t = ledger_table
         query = sa.select(sa.func.count(), sa.func.min(t.c.acked_at)).where(
             t.c.data_uuid == data_uuid, t.c.day == day, t.c.status == BatchStatus.SUCCESS.value,
-            t.c.acked_at > now - window_s, t.c.acked_at <= now,
+            t.c.acked_at > start, t.c.acked_at <= now,
         )
         with self._engine.connect() as conn:
             n, first = conn.execute(query).one()
@@ -196,12 +197,14 @@ class Ledger:
         # the last acknowledgement lowers the rate as it goes on.
         return max(n - 1, 1) / max(now - first, 1.0)
 
-    def last_acked_at(self, data_uuid: str, day: str) -> float | None:
+    def acked_span(self, data_uuid: str, day: str) -> tuple[float, float] | None:
+        """The day's first and latest acknowledgement (epoch seconds); None before any."""
         t = ledger_table
-        query = sa.select(sa.func.max(t.c.acked_at)).where(
+        query = sa.select(sa.func.min(t.c.acked_at), sa.func.max(t.c.acked_at)).where(
             t.c.data_uuid == data_uuid, t.c.day == day, t.c.status == BatchStatus.SUCCESS.value
         )
         with self._engine.connect() as conn:
-            return conn.execute(query).scalar()
+            first, last = conn.execute(query).one()
+        return None if first is None else (first, last)
 
 

@@ -35,6 +35,10 @@ THROTTLED_KICK = 0.05
 CREEP_BACK = 0.99
 MAX_SLOWDOWN = 0.5
 
+# The share of the cap the limiter gives out: any cap+1 slots span 1/0.98 s, and the
+# 20 ms over the partner's second absorb send-time jitter.
+DEFAULT_HEADROOM = 0.98
+
 
 class RateLimiter:
     """A global spacing limiter, slowed down by the partner's THROTTLED answers.
@@ -66,7 +70,7 @@ class RateLimiter:
     and never queues ahead of it.
     """
 
-    def __init__(self, engine: sa.Engine, cap_per_second: float, headroom: float = 0.98, name: str = "datahub"):
+    def __init__(self, engine: sa.Engine, cap_per_second: float, headroom: float = DEFAULT_HEADROOM, name: str = "datahub"):
         if not 0 < headroom <= 1:
             raise ValueError("headroom must be in (0, 1]")
         self._engine = engine

@@ -14,7 +14,7 @@ from pydantic import PrivateAttr
 from datahub_assets.sql import create_engine
 from datahub_assets.upload.database import metadata
 from datahub_assets.upload.ledger import Ledger
-from datahub_assets.upload.limiter import RateLimiter
+from datahub_assets.upload.limiter import DEFAULT_HEADROOM, RateLimiter
 
 
 def create_delivery_engine(url: str) -> sa.Engine:
@@ -111,7 +111,7 @@ class DeliveryDatabase(dg.ConfigurableResource):
 
     url: str
     cap_per_second: float = 20.0  # the partner's cap across all machines
-    headroom: float = 0.98  # share of the cap used: the margin absorbs send-time jitter
+    headroom: float = DEFAULT_HEADROOM  # share of the cap used: the margin absorbs send-time jitter
 
     _engine = PrivateAttr(default=None)
     _lock = PrivateAttr(default_factory=threading.Lock)
@@ -124,6 +124,11 @@ class DeliveryDatabase(dg.ConfigurableResource):
 
     def ledger(self) -> Ledger:
         return Ledger(self.engine())
+
+    @property
+    def limiter_rate(self) -> float:
+        """Batches/s the limiter gives out, across all machines."""
+        return self.cap_per_second * self.headroom
 
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.engine(), self.cap_per_second, self.headroom)
