@@ -274,3 +274,46 @@ def test_a_limiter_row_from_before_the_slowdown_column_gets_it(delivery_url):
 def test_limiter_rejects_a_nonsense_headroom(delivery_engine, headroom):
     with pytest.raises(ValueError):
         RateLimiter(delivery_engine, cap_per_second=20, headroom=headroom)
+
+
+class _SlotRecorder(RateLimiter):
+    """The real limiter; the slots it grants are kept for the test to read."""
+
+    slots: list[float]
+
+    def acquire(self, priority: bool, late_by_s: float = 0.0) -> float:
+        slot = super().acquire(priority, late_by_s)
+        self.slots.append(slot)
+        return slot
+
+
+def test_the_first_call_from_a_ranges_pool_keeps_the_next_slot_out_for_the_pools_opening(
+    delivery_engine, datahub_endpoint, sdk_jar, keys_file, user_profile_uuid
+):
+    """While a range's pool opens, its threads convert and mark their first batches on the
+    cores the first call needs to leave: the next slot waits for that."""
+    import logging
+
+    from datahub_assets.upload.batches import Batch
+    from datahub_assets.upload.sdk import DataHubSdkResource
+    from datahub_assets.upload.sender import POOL_OPENING_S, RangeSender, RetryPolicy
+
+    sdk = DataHubSdkResource(classpath=str(sdk_jar), keys_path=str(keys_file))
+    sdk.start()
+    limiter = _SlotRecorder(delivery_engine, cap_per_second=20, name="pool_opening")
+    limiter.slots = []
+    rows = [json.dumps({"id": f"{n}-{i}"}) for n in range(12) for i in range(3)]
+    batches = [Batch(number=n, rows=rows[3 * n : 3 * n + 3], content_hash=f"h{n}") for n in range(12)]
+    for _ in range(2):  # two ranges, each with its own pool
+        RangeSender(
+            client=sdk, ledger=Ledger(delivery_engine), limiter=limiter, data_uuid=user_profile_uuid, day="2026-11-25",
+            priority=True, threads=4, retry=RetryPolicy(max_attempts=1), log=logging.getLogger("test"),
+        ).send(batches[:6] if not limiter.slots else batches[6:])  # fmt: skip
+    sdk.teardown_after_execution(None)
+
+    gaps = [b - a for a, b in zip(limiter.slots, limiter.slots[1:])]
+    assert len(limiter.slots) >= 10  # the process's very first call goes alone, outside acquire()
+    assert all(gap >= limiter.interval - 1e-6 for gap in gaps)
+    first_of_second_pool = len(limiter.slots) - 6
+    for opening in (0, first_of_second_pool):
+        assert gaps[opening] >= limiter.interval + POOL_OPENING_S - 1e-6
