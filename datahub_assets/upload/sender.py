@@ -95,10 +95,10 @@ def _gc_frozen() -> Iterator[None]:
 THROTTLED = "THROTTLED"  # the partner's answer when its cap was exceeded
 # When a range's thread pool opens, every thread converts its first batch to a Java list
 # and marks it in the ledger at once, on the cores the first slot's call needs to leave:
-# that call can leave tens of ms late and arrive among the next second's requests (the
-# quiet cap-use phases' only burst over the cap began at their first arrival,
-# docs/performance.md). The first call of a pool keeps the next slot out this much
-# longer; 0.1 s a range, 3 s of the cap on a day of 32 ranges.
+# that call can leave tens of ms late and arrive among the next second's requests
+# (docs/performance.md, "A range's pool opens without a burst"). The first call of a
+# pool keeps the next slot out this much longer: 0.1 s of the cap a range, 3.2 s on a
+# day of 32 ranges.
 POOL_OPENING_S = 0.1
 MAX_CALLS_PER_BATCH = 100  # bounds a batch's loop however often it is throttled
 
