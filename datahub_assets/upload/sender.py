@@ -182,7 +182,8 @@ class RangeSender:
         self._lock = threading.Lock()
         self._report = RangeReport()
         self._keys_refused = threading.Event()
-        self._pool_opened = False  # the pool has made its first call
+        self._pool_opened = False  # the pool's first slot is taken
+        self._opening = threading.Lock()  # held while the pool takes its first slot
 
     def pending(self, batches: list[Batch]) -> list[Batch]:
         return pending_batches(self._ledger, self._data_uuid, self._day, batches)
@@ -277,18 +278,21 @@ class RangeSender:
                 outcome = self._upload(rows)
         else:
             late_by = min(_SdkWork.latest_cpu_s - self._limiter.late_tolerance, _SdkWork.MAX_LATE_BY_S)
-            if self._opens_pool():
-                late_by = max(late_by, POOL_OPENING_S)
-            self._limiter.acquire(priority=self._priority, late_by_s=late_by)
+            self._acquire(late_by)
             outcome = _SdkWork.measure(lambda: self._upload(rows))
         _process_has_uploaded.set()  # one call has run through the SDK: its code paths are warm
         return outcome
 
-    def _opens_pool(self) -> bool:
-        """True for the first call from the pool, once."""
-        with self._lock:
-            first, self._pool_opened = not self._pool_opened, True
-        return first
+    def _acquire(self, late_by: float) -> None:
+        """A slot. The pool's first one is reserved before any other thread of the pool
+        reserves, and keeps the next slot out POOL_OPENING_S longer."""
+        if not self._pool_opened:
+            with self._opening:
+                if not self._pool_opened:
+                    self._limiter.acquire(priority=self._priority, late_by_s=max(late_by, POOL_OPENING_S))
+                    self._pool_opened = True
+                    return
+        self._limiter.acquire(priority=self._priority, late_by_s=late_by)
 
     def _upload(self, rows: object) -> UploadOutcome:
         if self._lease is not None:
