@@ -161,6 +161,13 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
             for k in sorted({k for r in results for k in r["cpu_by_thread_s"]})
         },
         "cold_first_call_s": max((w for w in warm_s if w is not None), default=None),
+        # Seconds after go in which the JVMs' JIT compiled for more than 100 ms together.
+        "jit_busy_s": [
+            (t, ms) for t, ms in enumerate(
+                sum(r.get("jit_ms_per_s", [])[t] for r in results if t < len(r.get("jit_ms_per_s", [])))
+                for t in range(max((len(r.get("jit_ms_per_s", [])) for r in results), default=0))
+            ) if ms > 100
+        ],
     }
     summary["rate_over_cap"] = summary["rate"] / cap
     print(
@@ -169,6 +176,7 @@ def phase_summary(name: str, results: list[dict], stats: dict, cap: float, warm_
         f"retries {summary['retries']}, failed {summary['batches_failed']}, "
         f"max per sliding second: arrived {summary['max_arrived']}, admitted {summary['max_sliding']}; "
         f"bursts over the cap began {summary['over_cap_bursts_s']} s after the first arrival; "
+        f"JIT busy (s after go, ms compiled) {summary['jit_busy_s']}; "
         f"load {summary['load_1min']:.2f}, "
         f"client CPU {summary['client_cpu_ms_per_batch']:.2f} ms/batch, late wake-ups re-queued "
         f"{summary['late_retakes']}, cold first call (warm-up, not timed) {summary['cold_first_call_s']}; "

@@ -14,6 +14,7 @@ Protocol on stdin/stdout, one JSON object a line:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -118,7 +119,8 @@ def main() -> None:
         raise SystemExit("go time out of range")
     time.sleep(max(0.0, go - time.time()))
     cpu0, wall0, threads0 = benchlib.cpu_s(), time.time(), benchlib.thread_cpu()
-    report = sender.send(batches)
+    with jit_recorder(go) as jit_ms:
+        report = sender.send(batches)
     ended, cpu1 = time.time(), benchlib.cpu_s()
     by_thread = benchlib.thread_cpu_diff(benchlib.thread_cpu(), threads0)
     # Threads that ended inside send() (the upload pool) are gone from /proc: the rest is theirs.
@@ -145,6 +147,7 @@ def main() -> None:
         "gc_pauses_ms": gc_pauses,
         "lateness_ms": [round(1000 * x, 2) for x in limiter.lateness_samples],
         "late_retakes": getattr(limiter, "late_retakes", None),
+        "jit_ms_per_s": jit_ms,
     }
     if args.trace:
         args.trace.write_text("".join(json.dumps(t) + "\n" for t in trace))
@@ -186,6 +189,33 @@ def old_design(sdk, limiter):
             pass
 
     return InSlotConversion(), SpacingOnly()
+
+
+@contextlib.contextmanager
+def jit_recorder(go: float):
+    """The JVM's compilation time (ms) in each second after `go`: how busy its JIT was."""
+    import threading
+
+    from java.lang.management import ManagementFactory
+
+    bean = ManagementFactory.getCompilationMXBean()
+    per_second: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        last = bean.getTotalCompilationTime()
+        while not stop.wait(max(0.0, go + len(per_second) + 1 - time.time())):
+            total = bean.getTotalCompilationTime()
+            per_second.append(int(total - last))
+            last = total
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield per_second
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def gc_pause_recorder() -> dict:
