@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from datahub_emulator import app, checks
 from datahub_emulator.client import ADMIN_TOKEN_ENV, EmulatorProcess
 from datahub_emulator.faults import SlidingWindowThrottle
-from datahub_emulator.service import max_in_window
+from datahub_emulator.service import max_in_window, over_cap_starts
 from datahub_emulator.toolkit import init_keys, read_properties, register, write_properties
 
 from datahub_assets.contract import load_contract
@@ -403,6 +403,13 @@ def test_a_throttled_client_that_keeps_retrying_gets_through(
     assert stats["by_code"] == {code: codes.count(code) for code in ("SUCCESS", "THROTTLED")}
     assert sum(c["admitted"] for c in stats["per_second"].values()) == codes.count("SUCCESS")
     assert stats["max_admitted_per_sliding_second"] == 1
+    assert stats["max_arrived_per_sliding_second"] > 1 and stats["over_cap_bursts_s"][0] >= 0.0
+
+
+def test_over_cap_starts_gives_where_each_burst_over_the_cap_began() -> None:
+    # Cap 2: 0.0-0.4 holds 3 (a burst from 0.0, which 0.9 still belongs to); 3.0-3.2 another.
+    assert over_cap_starts([0.0, 0.2, 0.4, 0.9, 3.0, 3.1, 3.2], 2) == [0.0, 3.0]
+    assert over_cap_starts([0.0, 0.5, 1.0, 1.5, 2.0], 2) == []
 
 
 def test_max_in_window_matches_the_throttle() -> None:
