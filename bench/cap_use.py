@@ -48,6 +48,7 @@ ETA_TARGET_S = 3 * 3600 + 34 * 60
 def run_workers(
     n: int, batches: int, snapshot: Path, jar: Path, keys: Path, url: str, cap: float, threads: int | None,
     timeout_s: float, trace_dir: Path | None = None, warm: bool = True, on_ready=None, extra: tuple = (),
+    nice: int = 0,
 ) -> tuple[list[dict], list[float]]:
     """n upload processes, each with a contiguous share, all starting at one instant."""
     procs = []
@@ -65,7 +66,10 @@ def run_workers(
                 cmd += ["--warm-batch", str(batches + i)]  # one extra batch per worker, outside the measured set
             if trace_dir:
                 cmd += ["--trace", str(trace_dir / f"trace-{n}p-{i}.jsonl")]
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=benchlib.REPO_ROOT))
+            procs.append(subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=benchlib.REPO_ROOT,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
+            ))
         deadline = time.monotonic() + READY_TIMEOUT_S
         warm_s = []
         for p in procs:
@@ -274,6 +278,12 @@ def main() -> None:
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
     parser.add_argument("--cold", action="store_true", help="no warm-up call: each process's cold JVM is timed too")
     parser.add_argument("--only", choices=["1", "n"], default=None, help="run only the 1-process or the n-process phase")
+    parser.add_argument("--headroom", type=float, default=None, help="override the limiter's (experiments)")
+    parser.add_argument(
+        "--worker-nice", type=int, default=0,
+        help="run the upload workers at this niceness (below 0 needs root): do bursts come from CPU scheduling?",
+    )
+    parser.add_argument("--jvm-option", action="append", default=[], help="passed to every worker's JVM (experiments)")
     parser.add_argument("--trace-dir", type=Path, default=None, help="per-attempt timings of every worker")
     parser.add_argument("--md", type=Path, default=None, help="append the markdown rows to this file")
     args = parser.parse_args()
@@ -307,11 +317,12 @@ def main() -> None:
                         endpoint.reset()
                         results, warm_s = run_workers(
                             n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
-                            warm=not args.cold, on_ready=endpoint.reset,
+                            warm=not args.cold, on_ready=endpoint.reset, nice=args.worker_nice,
                             extra=("--design", design, *(
                                 ("--late-tolerance-ms", str(args.late_tolerance_ms))
                                 if args.late_tolerance_ms is not None else ()
-                            )),
+                            ), *(f"--jvm-option={o}" for o in args.jvm_option),
+                                *(("--headroom", str(args.headroom)) if args.headroom is not None else ())),
                         )
                         name = f"{design} design, {load}, {n} process{'es' if n > 1 else ''}"
                         summaries[load, n, design] = phase_summary(name, results, endpoint.stats(), cap, warm_s)

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--late-tolerance-ms", type=float, default=None, help="override the limiter's (experiments)")
     parser.add_argument("--warm-batch", type=int, default=None, help="send this batch first, before ready")
     parser.add_argument("--trace", type=Path, default=None, help="write per-attempt timings (JSON lines) here")
+    parser.add_argument("--jvm-option", action="append", default=[], help="passed to DataHubSdkResource.jvm_options")
     parser.add_argument(
         "--design", choices=["new", "old"], default="new",
         help="old: the baseline before issue 11 (spacing only, no THROTTLED feedback, Java list built in the slot)",
@@ -65,7 +66,7 @@ def main() -> None:
     if args.headroom is not None:
         db_kwargs["headroom"] = args.headroom
     delivery_db = DeliveryDatabase(**db_kwargs)
-    sdk = DataHubSdkResource(classpath=args.jar, keys_path=args.keys)
+    sdk = DataHubSdkResource(classpath=args.jar, keys_path=args.keys, jvm_options=args.jvm_option)
     # The JVM starts once per process, as the upload asset starts it (the new design also
     # warms its cryptography for a range this long); a one-off cost, not part of the rate.
     if args.design == "new":
@@ -119,8 +120,10 @@ def main() -> None:
         raise SystemExit("go time out of range")
     time.sleep(max(0.0, go - time.time()))
     cpu0, wall0, threads0 = benchlib.cpu_s(), time.time(), benchlib.thread_cpu()
+    gc_pauses["recording"] = True
     with jit_recorder(go) as jit_ms:
         report = sender.send(batches)
+    gc_pauses["recording"] = False
     ended, cpu1 = time.time(), benchlib.cpu_s()
     by_thread = benchlib.thread_cpu_diff(benchlib.thread_cpu(), threads0)
     # Threads that ended inside send() (the upload pool) are gone from /proc: the rest is theirs.
@@ -219,17 +222,20 @@ def jit_recorder(go: float):
 
 
 def gc_pause_recorder() -> dict:
-    """Record the interpreter's garbage-collection pauses (ms) per generation, as they happen."""
+    """Record the interpreter's garbage-collection pauses (ms) per generation, as they happen,
+    while `pauses["recording"]` is true (the worker sets it for the measured send only)."""
     import gc
 
-    pauses: dict = {"0": [], "1": [], "2": []}
+    pauses: dict = {"0": [], "1": [], "2": [], "recording": False}
     started: list[float] = []
 
     def callback(phase: str, info: dict) -> None:
         if phase == "start":
             started.append(time.perf_counter())
         elif started:
-            pauses[str(info["generation"])].append(round(1000 * (time.perf_counter() - started.pop()), 2))
+            ms = round(1000 * (time.perf_counter() - started.pop()), 2)
+            if pauses["recording"]:
+                pauses[str(info["generation"])].append(ms)
 
     gc.callbacks.append(callback)
     return pauses
