@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -14,7 +15,9 @@ import sqlalchemy as sa
 
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.database import NOW
-from datahub_assets.upload.limiter import CREEP_BACK, MAX_SLOWDOWN, THROTTLED_KICK, RateLimiter, limiter_table
+from datahub_assets.upload.limiter import (
+    CREEP_BACK, MAX_SLOWDOWN, THROTTLED_KICK, DatabaseClock, RateLimiter, limiter_table,
+)
 from datahub_emulator.service import max_in_window
 
 UUID = "6b42f8c92190425fa2d8d92ff723a11a"
@@ -198,6 +201,42 @@ def test_a_caller_that_wakes_late_gives_up_its_slot_and_takes_a_new_one(delivery
     assert json.loads(out) == {"late_retakes": 1}
     # The missed slot stays unused: the new one was taken after the wake-up.
     assert _next_slot_and_now(delivery_engine, "late")[0] > slot + 0.5 + limiter.interval
+
+
+def test_a_reservation_the_database_starts_late_still_waits_for_its_whole_slot(delivery_engine):
+    # On a loaded machine the database can start a statement tens of ms after it was
+    # sent (its process waits for a core). The slot is on the database's clock, so a
+    # caller that counted its wait from the moment it sent the statement would wake
+    # that much early, among the previous slot's requests. Here every third reservation
+    # is held 0.1 s before it reaches the database. The delivery database's clock is
+    # this machine's, so time.time() when acquire() returns is comparable with the slot.
+    limiter = RateLimiter(delivery_engine, cap_per_second=4, headroom=1.0, name="stalled")
+    stalls = itertools.cycle([0.0, 0.0, 0.1])
+
+    def hold(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if statement.lstrip().upper().startswith("UPDATE RATE_LIMITER"):
+            time.sleep(next(stalls))
+
+    sa.event.listen(delivery_engine, "before_cursor_execute", hold)
+    try:
+        woke_early_by = []
+        for _ in range(9):
+            slot = limiter.acquire(priority=True)
+            woke_early_by.append(slot - time.time())
+    finally:
+        sa.event.remove(delivery_engine, "before_cursor_execute", hold)
+    # 20 ms covers the clock's reading (half the quickest round trip) and the clocks'
+    # resolution; a wait counted from the send would wake 100 ms early.
+    assert max(woke_early_by) < 0.02
+
+
+def test_the_database_clock_is_read_from_the_quickest_round_trip_and_relearned_when_stepped():
+    clock = DatabaseClock()
+    clock.observe(sent=0.0, answered=0.001, database_time=1000.0005)  # offset 1000
+    clock.observe(sent=1.0, answered=1.060, database_time=1001.0001)  # a slow answer, read near the send
+    assert clock.local(1003.0) == pytest.approx(3.0, abs=0.001)
+    clock.observe(sent=2.0, answered=2.001, database_time=3002.0005)  # the database's clock stepped 1000 s
+    assert clock.local(3003.0) == pytest.approx(3.0, abs=0.001)
 
 
 THROTTLED_CALLER = """

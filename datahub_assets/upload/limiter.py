@@ -4,7 +4,9 @@ process and machine reserves its slots from, on the database's clock."""
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,6 +42,52 @@ MAX_SLOWDOWN = 0.5
 DEFAULT_HEADROOM = 0.98
 
 
+class DatabaseClock:
+    """This process's reading of the database's clock, learned from the limiter's own
+    round trips, NTP-style.
+
+    A slot is granted on the database's clock. The caller must sleep until it on its own
+    clock, so it needs to know where the database's clock stands. Counting the wait from
+    the moment the request left for the database is wrong by however long the database
+    took to start the statement: on a loaded machine its process waits for a core, often
+    tens of ms (a p99 of 16-52 ms under two CPU burners, docs/performance.md), and the
+    caller would then fire that much before its slot, among the requests of the slot
+    before. Instead each round trip is a sample: the database's clock was read somewhere
+    between sending and answering, so the quickest round trip of the last WINDOW_S
+    bounds the offset most tightly (within half its duration, a fraction of a ms).
+    """
+
+    WINDOW_S = 30.0  # keeps up with drift and clock steps; many samples a second while sending
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (sent, round trip, offset), in increasing round trip: the sliding-window minimum.
+        self._samples: deque[tuple[float, float, float]] = deque()
+
+    def observe(self, sent: float, answered: float, database_time: float) -> None:
+        """One round trip: sent and answered on time.monotonic(), the database's clock read in between."""
+        round_trip = answered - sent
+        sample = (sent, round_trip, database_time - (sent + answered) / 2)
+        with self._lock:
+            if self._samples:
+                # Every round trip bounds the offset: [database_time - answered, database_time
+                # - sent]. Two that do not overlap mean a clock was stepped: start again.
+                _, best_round_trip, best = self._samples[0]
+                low, high = database_time - answered, database_time - sent
+                if best + best_round_trip / 2 < low or best - best_round_trip / 2 > high:
+                    self._samples.clear()
+            while self._samples and self._samples[-1][1] >= round_trip:
+                self._samples.pop()
+            self._samples.append(sample)
+            while len(self._samples) > 1 and self._samples[0][0] < answered - self.WINDOW_S:
+                self._samples.popleft()
+
+    def local(self, database_time: float) -> float:
+        """An instant on the database's clock, on this process's time.monotonic()."""
+        with self._lock:
+            return database_time - self._samples[0][2]
+
+
 class RateLimiter:
     """A global spacing limiter, slowed down by the partner's THROTTLED answers.
 
@@ -53,7 +101,8 @@ class RateLimiter:
       span 1 / headroom s: with headroom 0.98, 20 ms more than the partner's second.
       That margin is what a request may lose to the jitter between its slot and its
       arrival without pushing a sliding second over the cap. A caller that wakes too
-      late for its slot does not use it (see `_take`).
+      late for its slot does not use it (see `_take`), and none wakes early: the slot is
+      read on the database's clock (`DatabaseClock`).
     - Feedback. A THROTTLED answer means the jitter beat the margin. `throttled()`
       widens the spacing of every later slot, on every machine (the slowdown lives in
       the shared row), and the spacing creeps back to `interval` slot by slot. A
@@ -81,6 +130,7 @@ class RateLimiter:
         self.late_tolerance = max((1.0 / headroom - 1.0) / 2, 0.001)
         self.late_retakes = 0  # slots given up because the caller woke too late (diagnostics)
         self.lateness_samples: list[float] | None = None  # set to a list to record each wake-up's lateness (s)
+        self._clock = DatabaseClock()
         now = NOW[engine.dialect.name]
         t = limiter_table
         with engine.begin() as conn:
@@ -98,13 +148,13 @@ class RateLimiter:
             sa.update(t)
             .where(t.c.name == name)
             .values(next_slot=slot + step + t.c.slowdown, slowdown=t.c.slowdown * CREEP_BACK)
-            .returning((t.c.next_slot - step - paid - now).label("wait"), t.c.next_slot, granted)
+            .returning((t.c.next_slot - step - paid - now).label("wait"), t.c.next_slot, granted, now.label("now"))
         )
         self._take_if_free = (
             sa.update(t)
             .where(t.c.name == name, t.c.next_slot <= now)
             .values(next_slot=now + step + t.c.slowdown, slowdown=t.c.slowdown * CREEP_BACK)
-            .returning(sa.literal(0.0, sa.Float).label("wait"), t.c.next_slot, granted)
+            .returning(sa.literal(0.0, sa.Float).label("wait"), t.c.next_slot, granted, now.label("now"))
         )
         self._release_hold = (
             sa.update(t)
@@ -126,9 +176,9 @@ class RateLimiter:
         """Take a slot; sleep until it; return the limiter's row as left by us (`slot`: the
         slot's start; `next_slot`: where it left the next one).
 
-        The wait is counted from just before the statement (the database measures it
-        from the statement's start), so the commit's round trip is not slept on top of it.
-        A caller that wakes more than `late_tolerance` after its slot (the process was
+        The slot is granted on the database's clock and slept until on this process's,
+        through `DatabaseClock`: neither the statement's nor the commit's round trip
+        moves it. A caller that wakes more than `late_tolerance` after its slot (the process was
         descheduled, or stalled) does not send in it: after a stall every waiting thread
         would fire at once, and those requests would bunch up at the partner and push
         that second over the cap. It takes a new slot instead; the missed slot stays unused.
@@ -138,11 +188,13 @@ class RateLimiter:
                 with self._engine.begin() as conn:
                     asked = time.monotonic()
                     row = conn.execute(self._reserve if priority else self._take_if_free, {"step": step}).first()
+                    if row is not None:
+                        self._clock.observe(asked, time.monotonic(), row.now)
                 if row is not None:
                     break
                 # A backfill polls with jitter so waiting callers don't move in lockstep.
                 time.sleep(self.interval * (0.5 + random.random()))
-            slot_at = asked + max(row.wait, 0.0)
+            slot_at = self._clock.local(row.slot)
             pause = slot_at - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
