@@ -49,7 +49,7 @@ class DatabaseClock:
     A slot is granted on the database's clock. The caller must sleep until it on its own
     clock, so it needs to know where the database's clock stands. Counting the wait from
     the moment the request left for the database is wrong by however long the database
-    took to start the statement: on a loaded machine its process waits for a core, often
+    took to start the statement: on a loaded machine its process waits for a core, at times
     tens of ms (a p99 of 16-52 ms under two CPU burners, docs/performance.md), and the
     caller would then fire that much before its slot, among the requests of the slot
     before. Instead each round trip is a sample: the database's clock was read somewhere
