@@ -303,6 +303,12 @@ def main() -> None:
     contract, snapshot, all_batches = benchlib.make_snapshot_batches(workdir, batches_n + args.processes, DAY)
     batches = all_batches[:batches_n]  # the rest: one warm-up batch per worker
     ids = [json.loads(r)["id"] for b in batches for r in b.rows]
+    # The experiment knobs, passed on to every worker.
+    knobs = [f"--jvm-option={option}" for option in args.jvm_option]
+    if args.late_tolerance_ms is not None:
+        knobs += ["--late-tolerance-ms", str(args.late_tolerance_ms)]
+    if args.headroom is not None:
+        knobs += ["--headroom", str(args.headroom)]
     summaries = {}  # (load, n, design) -> summary
     naive = None
     with benchlib.scratch_database("datahub_bench_cap") as url, benchlib.endpoint_with_keys(
@@ -318,11 +324,7 @@ def main() -> None:
                         results, warm_s = run_workers(
                             n, batches_n, snapshot, jar, keys, url, cap, args.threads, phase_timeout, args.trace_dir,
                             warm=not args.cold, on_ready=endpoint.reset, nice=args.worker_nice,
-                            extra=("--design", design, *(
-                                ("--late-tolerance-ms", str(args.late_tolerance_ms))
-                                if args.late_tolerance_ms is not None else ()
-                            ), *(f"--jvm-option={o}" for o in args.jvm_option),
-                                *(("--headroom", str(args.headroom)) if args.headroom is not None else ())),
+                            extra=("--design", design, *knobs),
                         )
                         name = f"{design} design, {load}, {n} process{'es' if n > 1 else ''}"
                         summaries[load, n, design] = phase_summary(name, results, endpoint.stats(), cap, warm_s)

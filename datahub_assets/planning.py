@@ -70,9 +70,13 @@ MEASURED_SPAN_S = 30.0
 SENDING_WITHIN_S = 10.0
 
 
-def measured_since(first_acked: float, now: float) -> float:
-    """Where the measured rate of a day first acknowledged at `first_acked` starts."""
-    return first_acked + RAMP_UP_S if now - first_acked >= RAMP_UP_S + MEASURED_SPAN_S else first_acked
+def measured_since(acked_span: tuple[float, float] | None, now: float) -> float | None:
+    """Where the measured rate of a day with these first and latest acknowledgements
+    starts: after the ramp-up once there is enough past it (None before any)."""
+    if acked_span is None:
+        return None
+    first = acked_span[0]
+    return first + RAMP_UP_S if now - first >= RAMP_UP_S + MEASURED_SPAN_S else first
 
 
 def rate_to_plan(*, now: float, acked_span: tuple[float, float] | None, measured_rate: float, limiter_rate: float) -> float:
@@ -89,3 +93,13 @@ def rate_to_plan(*, now: float, acked_span: tuple[float, float] | None, measured
     first, last = acked_span
     ramping_up = now - first < RAMP_UP_S + MEASURED_SPAN_S
     return limiter_rate if ramping_up and now - last <= SENDING_WITHIN_S else measured_rate
+
+
+def plan_rest_of_day(
+    *, batches: int, now: datetime, deadline: datetime, cap: float, limiter_rate: float,
+    acked_span: tuple[float, float] | None, measured_rate: float,
+) -> Plan:
+    """The rest of a day, planned at `rate_to_plan`: what the at-risk sensor and the upload
+    metadata both show."""
+    rate = rate_to_plan(now=now.timestamp(), acked_span=acked_span, measured_rate=measured_rate, limiter_rate=limiter_rate)
+    return plan(batches=batches, cap=cap, start=now, deadline=deadline, measured_rate=rate)

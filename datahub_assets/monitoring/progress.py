@@ -24,7 +24,7 @@ from datahub_assets.partitions import (
     upload_partition_key,
     upload_partitions_def,
 )
-from datahub_assets.planning import Plan, measured_since, plan, rate_to_plan
+from datahub_assets.planning import Plan, measured_since, plan_rest_of_day
 from datahub_assets.upload.batches import snapshot_row_count
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.outcome import BatchStatus
@@ -80,9 +80,9 @@ class DayProgress:
         span = None
         if self.first_acked_at is not None and self.last_acked_at is not None:
             span = (self.first_acked_at.timestamp(), self.last_acked_at.timestamp())
-        rate = rate_to_plan(now=now.timestamp(), acked_span=span, measured_rate=self.measured_rate, limiter_rate=self.limiter_rate)
-        return plan(
-            batches=self.remaining_batches or 0, cap=self.cap, start=now, deadline=deadline_for(self.day), measured_rate=rate
+        return plan_rest_of_day(
+            batches=self.remaining_batches or 0, now=now, deadline=deadline_for(self.day), cap=self.cap,
+            limiter_rate=self.limiter_rate, acked_span=span, measured_rate=self.measured_rate,
         )
 
     def needed_rate(self, now: datetime) -> float:
@@ -137,9 +137,7 @@ def read_day_progress(
         total_batches=total if total is not None else estimate,
         total_is_estimate=total is None and estimate is not None,
         acked_batches=counts.get(BatchStatus.SUCCESS, 0),
-        measured_rate=ledger.acked_rate(
-            contract.data_uuid, day, now=now.timestamp(), since=measured_since(span[0], now.timestamp()) if span else None
-        ),
+        measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp(), since=measured_since(span, now.timestamp())),
         first_acked_at=datetime.fromtimestamp(span[0], tz=timezone.utc) if span else None,
         last_acked_at=datetime.fromtimestamp(span[1], tz=timezone.utc) if span else None,
         cap=cap,

@@ -3,7 +3,6 @@
 import os
 import socket
 import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
@@ -30,7 +29,7 @@ from datahub_assets.partitions import (
     split_upload_key,
     upload_partitions_def,
 )
-from datahub_assets.planning import measured_since, plan, rate_to_plan
+from datahub_assets.planning import measured_since, plan, plan_rest_of_day
 from datahub_assets.upload.batches import Batch, batch_problems, read_batches, snapshot_row_count
 from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lease
 from datahub_assets.upload.ledger import Ledger
@@ -314,18 +313,17 @@ class _RangeFailure:
 
 def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: int, delivery_db: DeliveryDatabase) -> dict[str, float]:
     """The day's outlook from the whole ledger (every range, every machine) at the rate the
-    at-risk sensor plans it at (`rate_to_plan`). The ETA only while batches remain, and the
+    at-risk sensor plans it at (`plan_rest_of_day`). The ETA only while batches remain, and the
     slack only for the delivery due today: a backfilled date's deadline passed long before
     it was sent."""
     remaining = total_batches - ledger.status_counts(contract.data_uuid, day).get(BatchStatus.SUCCESS, 0)
     outlook = {"day_batches_total": total_batches, "day_batches_remaining": remaining}
     if remaining:
-        now, span = time.time(), ledger.acked_span(contract.data_uuid, day)
-        measured = ledger.acked_rate(contract.data_uuid, day, now=now, since=measured_since(span[0], now) if span else None)
-        day_plan = plan(
-            batches=remaining, cap=delivery_db.cap_per_second, start=datetime.fromtimestamp(now, timezone.utc),
-            deadline=deadline_for(day),
-            measured_rate=rate_to_plan(now=now, acked_span=span, measured_rate=measured, limiter_rate=delivery_db.limiter_rate),
+        now, span = datetime.now(timezone.utc), ledger.acked_span(contract.data_uuid, day)
+        day_plan = plan_rest_of_day(
+            batches=remaining, now=now, deadline=deadline_for(day), cap=delivery_db.cap_per_second,
+            limiter_rate=delivery_db.limiter_rate, acked_span=span,
+            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp(), since=measured_since(span, now.timestamp())),
         )
         outlook["day_eta_s"] = round(day_plan.duration_s, 1)
         if is_current_day(day):
