@@ -24,7 +24,7 @@ from datahub_assets.partitions import (
     upload_partition_key,
     upload_partitions_def,
 )
-from datahub_assets.planning import Plan, measured_since, plan_rest_of_day
+from datahub_assets.planning import Plan, plan_rest_of_day
 from datahub_assets.upload.batches import snapshot_row_count
 from datahub_assets.upload.ledger import Ledger
 from datahub_assets.upload.outcome import BatchStatus
@@ -137,7 +137,7 @@ def read_day_progress(
         total_batches=total if total is not None else estimate,
         total_is_estimate=total is None and estimate is not None,
         acked_batches=counts.get(BatchStatus.SUCCESS, 0),
-        measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp(), since=measured_since(span, now.timestamp())),
+        measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp(), acked_span=span),
         first_acked_at=datetime.fromtimestamp(span[0], tz=timezone.utc) if span else None,
         last_acked_at=datetime.fromtimestamp(span[1], tz=timezone.utc) if span else None,
         cap=cap,

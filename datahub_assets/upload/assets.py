@@ -29,7 +29,7 @@ from datahub_assets.partitions import (
     split_upload_key,
     upload_partitions_def,
 )
-from datahub_assets.planning import measured_since, plan, plan_rest_of_day
+from datahub_assets.planning import plan, plan_rest_of_day
 from datahub_assets.upload.batches import Batch, batch_problems, read_batches, snapshot_row_count
 from datahub_assets.upload.lease import LeaseKeeper, RangeKey, acquire_range_lease
 from datahub_assets.upload.ledger import Ledger
@@ -323,7 +323,7 @@ def _day_outlook(ledger: Ledger, contract: Contract, day: str, total_batches: in
         day_plan = plan_rest_of_day(
             batches=remaining, now=now, deadline=deadline_for(day), cap=delivery_db.cap_per_second,
             limiter_rate=delivery_db.limiter_rate, acked_span=span,
-            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp(), since=measured_since(span, now.timestamp())),
+            measured_rate=ledger.acked_rate(contract.data_uuid, day, now=now.timestamp(), acked_span=span),
         )
         outlook["day_eta_s"] = round(day_plan.duration_s, 1)
         if is_current_day(day):

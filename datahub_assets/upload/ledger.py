@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from datahub_assets.planning import measured_since
 from datahub_assets.upload.database import insert, metadata
 from datahub_assets.upload.lease import RangeLease
 from datahub_assets.upload.outcome import BatchStatus
@@ -178,10 +179,14 @@ class Ledger:
         with self._engine.connect() as conn:
             return conn.execute(query).scalar()
 
-    def acked_rate(self, data_uuid: str, day: str, now: float, since: float | None = None, window_s: float = 300.0) -> float:
+    def acked_rate(
+        self, data_uuid: str, day: str, now: float, acked_span: tuple[float, float] | None, window_s: float = 300.0
+    ) -> float:
         """Batches acknowledged per second over the window before `now` (epoch seconds, the
-        caller's clock), starting no earlier than `since`: the measured rate.
+        caller's clock), past the day's ramp-up once there is enough of it (`measured_since`
+        of the day's `acked_span`): the measured rate.
         Acknowledgements that stopped show as a rate falling to 0, never as "nothing measured"."""
+        since = measured_since(acked_span, now)
         start = now - window_s if since is None else max(now - window_s, since)
         t = ledger_table
         query = sa.select(sa.func.count(), sa.func.min(t.c.acked_at)).where(
